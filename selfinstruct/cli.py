@@ -1,0 +1,232 @@
+"""Command line: parses options, calls one library function per command, prints the result.
+
+Exit codes: 0 done, 1 an error the user must fix (one line on stderr), 2 bad usage,
+130 interrupted by Ctrl-C and 143 by SIGTERM (the run resumes with the same command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import SelfInstructError
+from .filters import DEFAULT_BLACKLIST, FILTER_NAMES, FilterConfig
+
+__all__ = ["main"]
+
+EMBEDDED_NOTE = (
+    "No --base-url and no OPENAI_BASE_URL: using the small embedded model (SmolLM2-135M-Instruct on the "
+    "CPU via llama.cpp) to show the tool working; its tasks are simple. For real data point it at your "
+    "server: --base-url http://HOST:8000/v1 (vLLM), or export OPENAI_BASE_URL."
+)
+
+
+def _concurrency(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number or 'auto'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _split_urls(values: Sequence[str] | None) -> tuple[str, ...]:
+    urls: list[str] = []
+    for value in values or ():
+        urls.extend(u.strip() for u in value.split(",") if u.strip())
+    return tuple(urls)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "generate",
+        help="grow a dataset of new tasks (resumable: rerun the same command)",
+        description="Grow a dataset of new tasks from seed tasks. Killed or interrupted, the same "
+        "command resumes where it stopped.",
+    )
+    p.add_argument("-o", "--output-dir", required=True, type=Path, help="run directory (created; reused to resume)")
+    p.add_argument("-n", "--num-instructions", type=int, default=100, help="target number of accepted tasks (default 100)")
+    p.add_argument("--seed-tasks", type=Path, help="seed file: Self-Instruct JSONL or Alpaca JSON/JSONL (default: bundled)")
+    server = p.add_argument_group("model server")
+    server.add_argument(
+        "--base-url", action="append", metavar="URL",
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1; repeat or comma-separate for several "
+        "replicas (default $OPENAI_BASE_URL; neither: the embedded local model)",
+    )  # fmt: skip
+    server.add_argument("--api-key", help="API key (default $OPENAI_API_KEY, else a placeholder local servers accept)")
+    server.add_argument("--model", help="model name (default: the first model the server lists)")
+    server.add_argument("--model-path", type=Path, help="GGUF file for the embedded server (default: SmolLM2-135M-Instruct)")
+    server.add_argument("--api", choices=("chat", "completions"), help="chat (default) or legacy completions")
+    server.add_argument(
+        "--concurrency", type=_concurrency, default=None, metavar="K|auto",
+        help="requests in flight per endpoint: a number, or auto (default; adapts to the server; 1 on the embedded model)",
+    )  # fmt: skip
+    server.add_argument("--max-concurrency", type=int, default=128, help="upper bound for auto concurrency (default 128)")
+    server.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    server.add_argument("--max-attempts", type=int, default=8, help="attempts per request before it is dropped (default 8)")
+    server.add_argument(
+        "--give-up-after", type=float, default=600.0,
+        help="stop when no server has answered for this many seconds (default 600)",
+    )  # fmt: skip
+    gen = p.add_argument_group("generation (fixed for a run; see --allow-config-change)")
+    gen.add_argument("--num-prompt-instructions", type=int, default=3, help="demonstrations per prompt (default 3)")
+    gen.add_argument("--machine-demos", type=int, default=0, help="how many demos come from accepted tasks (default 0)")
+    gen.add_argument("--tasks-per-prompt", type=int, default=20, help="list length asked for, demos included (default 20)")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--max-tokens", type=int, help="tokens per answer (default 3072; 1024 on the embedded model)")
+    gen.add_argument("--similarity-threshold", type=float, default=0.7, help="reject at ROUGE-L F above this (default 0.7)")
+    gen.add_argument("--tokenizer", choices=("rouge", "unicode"), default="rouge", help="ROUGE-L tokenizer (default rouge)")
+    gen.add_argument("--seed", type=int, help="make demo sampling reproducible")
+    filt = p.add_argument_group("filters")
+    filt.add_argument("--min-words", type=int, default=4, help="shortest instruction kept, in words (default 4)")
+    filt.add_argument("--max-words", type=int, default=150, help="longest instruction kept, in words (default 150)")
+    filt.add_argument("--blacklist", help="comma-separated whole words/phrases to reject (default: the Alpaca list)")
+    filt.add_argument("--disable-filter", action="append", default=[], choices=FILTER_NAMES, metavar="NAME",
+                      help=f"turn a filter off (repeatable): {', '.join(FILTER_NAMES)}")  # fmt: skip
+    filt.add_argument("--no-seed-check", action="store_true", help="use the seed file even if `seeds check` finds problems")
+    p.add_argument("--allow-config-change", action="store_true", help="resume even though generation settings changed")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfinstruct", description="Grow instruction-tuning data from seed tasks with any OpenAI-compatible server."
+    )
+    parser.add_argument("--version", action="version", version=f"selfinstruct {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+
+    from .export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="write the dataset in a fine-tuning format")
+    p.add_argument("dir", type=Path, help="run directory of `generate`")
+    p.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="alpaca", help="default alpaca (the Alpaca JSON list)")
+    p.add_argument("-o", "--output", required=True, help="destination file ('-' for stdout; a directory for hf)")
+    p.add_argument("--include-meta", action="store_true", help="keep provenance fields (alpaca formats)")
+
+    p = sub.add_parser("stats", help="report statistics of a run (and plot them)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--plots", type=Path, metavar="DIR", help="also write PNG plots into DIR")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+    p = sub.add_parser("seeds", help="seed file tools")
+    seeds_sub = p.add_subparsers(dest="seeds_command", required=True)
+    c = seeds_sub.add_parser("check", help="validate a seed file and describe it")
+    c.add_argument("path", type=Path, nargs="?", help="seed file (default: the bundled one)")
+    c.add_argument("--similarity-threshold", type=float, default=0.7)
+    c.add_argument("--tokenizer", choices=("rouge", "unicode"), default="rouge")
+    return parser
+
+
+def _filters(args: argparse.Namespace) -> FilterConfig:
+    blacklist = DEFAULT_BLACKLIST
+    if args.blacklist is not None:
+        blacklist = tuple(w.strip() for w in args.blacklist.split(",") if w.strip())
+    return FilterConfig(
+        min_words=args.min_words, max_words=args.max_words, blacklist=blacklist, disabled=frozenset(args.disable_filter)
+    )
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .pipeline import RunConfig, generate
+
+    urls = _split_urls(args.base_url) or _split_urls([os.environ.get("OPENAI_BASE_URL", "")])
+    embedded = not urls
+    if embedded:
+        print(EMBEDDED_NOTE, file=sys.stderr)
+    config = RunConfig(
+        output_dir=args.output_dir,
+        base_urls=urls,
+        num_instructions=args.num_instructions,
+        seed_tasks=args.seed_tasks,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+        model=args.model,
+        model_path=args.model_path,
+        api=args.api or ("completions" if embedded else "chat"),
+        concurrency=args.concurrency if args.concurrency is not None else (1 if embedded else None),
+        max_concurrency=args.max_concurrency,
+        num_prompt_instructions=args.num_prompt_instructions,
+        machine_demos=args.machine_demos,
+        tasks_per_prompt=args.tasks_per_prompt,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens if args.max_tokens is not None else (1024 if embedded else 3072),
+        similarity_threshold=args.similarity_threshold,
+        tokenizer=args.tokenizer,
+        seed=args.seed,
+        filters=_filters(args),
+        check_seed_file=not args.no_seed_check,
+        allow_config_change=args.allow_config_change,
+        request_timeout=args.request_timeout,
+        max_attempts=args.max_attempts,
+        give_up_after=args.give_up_after,
+        progress=not args.quiet,
+    )
+    summary = generate(config)
+    print(summary.format(), file=sys.stderr)
+    if summary.status == "interrupted":
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "generate ..."
+        print(f"Interrupted. Resume with the same command: selfinstruct {again}", file=sys.stderr)
+        sig = summary.counters.get("signal")
+        return 128 + int(sig) if sig else 130
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_dataset
+
+    rows = export_dataset(args.dir, args.format, args.output, include_meta=args.include_meta)
+    if args.output != "-":
+        print(f"wrote {rows} tasks to {args.output} ({args.format})", file=sys.stderr)
+    return 0
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from .stats import compute_stats, format_stats, plot_stats
+
+    stats = compute_stats(args.dir)
+    print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
+    if args.plots:
+        for path in plot_stats(args.dir, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _run_seeds_check(args: argparse.Namespace) -> int:
+    from .seeds import check_seeds
+
+    report = check_seeds(args.path, threshold=args.similarity_threshold, tokenizer=args.tokenizer)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats}
+    try:
+        if args.command == "seeds":
+            return _run_seeds_check(args)
+        return handlers[args.command](args)
+    except SelfInstructError as exc:
+        if os.environ.get("SELFINSTRUCT_RAISE_ERRORS"):
+            raise
+        print(f"selfinstruct: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside the generation loop (e.g. while starting up): nothing half-written.
+        print("selfinstruct: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        return 0
+
