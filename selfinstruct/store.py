@@ -167,6 +167,8 @@ class RunStore:
         if not self.dir.is_dir():
             raise StoreError(f"{self.dir} exists and is not a directory; choose another --output-dir")
         self._take_lock()
+        for stale in self.dir.glob(".run-*.json"):  # a crash during write_run leaves its temp file
+            stale.unlink(missing_ok=True)
         try:
             self.repaired_bytes = _cut_torn_tail(self.accepted_path) + _cut_torn_tail(self.rejected_path)
             self.accepted = read_jsonl(self.accepted_path, tolerate_torn_tail=False)
