@@ -1,0 +1,280 @@
+"""Turn a run directory's accepted tasks into the file layouts fine-tuning tools read.
+
+Formats (``EXPORT_FORMATS``):
+
+``alpaca``             one JSON list of ``{"instruction", "input", "output"}`` (the Alpaca 52k file)
+``alpaca-jsonl``       the same objects, one a line
+``sharegpt``           JSONL ``{"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}``
+``openai``             JSONL ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``
+``prompt-completion``  JSONL ``{"prompt", "completion"}``; the prompt is an Alpaca-style template
+``hf``                 a ``datasets.Dataset`` saved with ``save_to_disk`` (needs the ``hf`` extra)
+
+The chat formats have no separate input slot, so their user turn is the instruction, followed by a
+blank line and the input when the input is not blank (``chat_prompt``).
+
+Text formats are written to a temporary file next to the destination and renamed over it, so a
+reader never sees half a file; ``"-"`` writes them to standard output instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, StoreError
+from .store import read_accepted
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "PROMPT_NO_INPUT",
+    "PROMPT_WITH_INPUT",
+    "chat_prompt",
+    "export_dataset",
+    "training_prompt",
+]
+
+EXPORT_FORMATS: tuple[str, ...] = ("alpaca", "alpaca-jsonl", "sharegpt", "openai", "prompt-completion", "hf")
+
+# Formats that may carry the per-task metadata (the others have a fixed shape).
+_META_FORMATS = ("alpaca", "alpaca-jsonl")
+_CORE_FIELDS = ("instruction", "input", "output")
+# Storage bookkeeping, not a property of the task.
+_DROPPED_META = ("schema",)
+
+PROMPT_WITH_INPUT = (
+    "The following is a task for you to carry out, along with input it refers to. "
+    "Write a response that completes the task.\n\n"
+    "### Instruction:\n{instruction}\n\n"
+    "### Input:\n{input}\n\n"
+    "### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "The following is a task for you to carry out. Write a response that completes the task.\n\n"
+    "### Instruction:\n{instruction}\n\n"
+    "### Response:\n"
+)
+
+
+def _has_input(text: str) -> bool:
+    return bool(text.strip())
+
+
+def training_prompt(instruction: str, input: str = "") -> str:
+    """The prompt of the ``prompt-completion`` format (the with-input variant when input is not blank)."""
+    if _has_input(input):
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def chat_prompt(instruction: str, input: str = "") -> str:
+    """The user turn of the chat formats: the instruction, then a blank line and the input if any."""
+    return f"{instruction}\n\n{input}" if _has_input(input) else instruction
+
+
+def _rows(out_dir: str | os.PathLike[str], include_meta: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for number, record in enumerate(read_accepted(out_dir), 1):
+        instruction, output = record.get("instruction"), record.get("output")
+        task_input = record.get("input")
+        task_input = "" if task_input is None else task_input
+        if not isinstance(instruction, str) or not isinstance(output, str) or not isinstance(task_input, str):
+            raise StoreError(
+                f"{Path(out_dir) / 'instructions.jsonl'}: record {number} lacks a text instruction/input/output; "
+                "fix or delete that line"
+            )
+        row: dict[str, Any] = {"instruction": instruction, "input": task_input, "output": output}
+        if include_meta:
+            for key, value in record.items():
+                if key not in row and key not in _DROPPED_META:
+                    row[key] = value
+        rows.append(row)
+    return rows
+
+
+def _dump(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _jsonl(objects: Iterable[object]) -> Iterator[str]:
+    for obj in objects:
+        yield _dump(obj) + "\n"
+
+
+def _alpaca(rows: list[dict[str, Any]]) -> Iterator[str]:
+    # An empty dataset is "[]", which is what json.dumps gives; otherwise stream row by row.
+    if not rows:
+        yield "[]\n"
+        return
+    yield "[\n"
+    for i, row in enumerate(rows):
+        body = json.dumps(row, ensure_ascii=False, indent=2)
+        yield "  " + body.replace("\n", "\n  ") + (",\n" if i < len(rows) - 1 else "\n")
+    yield "]\n"
+
+
+def _sharegpt(rows: list[dict[str, Any]]) -> Iterator[str]:
+    return _jsonl(
+        {
+            "conversations": [
+                {"from": "human", "value": chat_prompt(r["instruction"], r["input"])},
+                {"from": "gpt", "value": r["output"]},
+            ]
+        }
+        for r in rows
+    )
+
+
+def _openai(rows: list[dict[str, Any]]) -> Iterator[str]:
+    return _jsonl(
+        {
+            "messages": [
+                {"role": "user", "content": chat_prompt(r["instruction"], r["input"])},
+                {"role": "assistant", "content": r["output"]},
+            ]
+        }
+        for r in rows
+    )
+
+
+def _prompt_completion(rows: list[dict[str, Any]]) -> Iterator[str]:
+    return _jsonl(
+        {"prompt": training_prompt(r["instruction"], r["input"]), "completion": r["output"]} for r in rows
+    )
+
+
+_TEXT_WRITERS: dict[str, Callable[[list[dict[str, Any]]], Iterable[str]]] = {
+    "alpaca": _alpaca,
+    "alpaca-jsonl": _jsonl,
+    "sharegpt": _sharegpt,
+    "openai": _openai,
+    "prompt-completion": _prompt_completion,
+}
+
+
+def _create_temp(directory: Path, name: str) -> tuple[int, str]:
+    # Like mkstemp, but with mode 0666 minus the umask (mkstemp's 0600 would survive the rename).
+    while True:
+        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+
+
+def _write_text_atomically(dest: Path, chunks: Iterable[str]) -> None:
+    if dest.is_dir():
+        raise ConfigError(f"{dest} is a directory; give a file name to export to")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(dest.parent, dest.name)
+    except OSError as exc:
+        raise StoreError(f"cannot write to {dest.parent}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_stdout(chunks: Iterable[str]) -> None:
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        for chunk in chunks:
+            stream.write(chunk)
+    else:
+        # Bytes, so non-ASCII text survives a terminal or pipe whose locale is not UTF-8.
+        stream.flush()
+        for chunk in chunks:
+            buffer.write(chunk.encode("utf-8"))
+        buffer.flush()
+    stream.flush()
+
+
+def _import_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ConfigError('the "hf" format needs the datasets package: pip install "selfinstruct[hf]"') from exc
+    return datasets
+
+
+def _looks_like_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "state.json").exists()
+
+
+def _save_hf(rows: list[dict[str, Any]], dest: Path) -> None:
+    datasets = _import_datasets()
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest} is a file; the hf format writes a directory, give another path")
+    if dest.is_dir() and any(dest.iterdir()) and not _looks_like_saved_dataset(dest):
+        raise ConfigError(f"{dest} is a non-empty directory that is not a saved dataset; refusing to replace it")
+    features = datasets.Features({name: datasets.Value("string") for name in _CORE_FIELDS})
+    # from_dict, not from_list: an empty list would give a dataset without columns.
+    dataset = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in _CORE_FIELDS}, features=features)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as exc:
+        raise StoreError(f"cannot write to {dest.parent}: {exc.strerror}") from exc
+    new = staging / "dataset"
+    old = staging / "previous"
+    # save_to_disk draws a progress bar on stderr; keep the CLI's output to our own lines.
+    bars_were_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        # With 0 rows datasets would pick 0 shards and write a directory it cannot load back.
+        dataset.save_to_disk(str(new), num_shards=1 if not rows else None)
+        # A directory cannot be renamed over a non-empty one: move the old copy aside first.
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(new, dest)
+    finally:
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_dataset(
+    out_dir: str | os.PathLike[str],
+    fmt: str,
+    dest: str | os.PathLike[str],
+    *,
+    include_meta: bool = False,
+) -> int:
+    """Write the accepted tasks of ``out_dir`` to ``dest`` in format ``fmt``; return the rows written.
+
+    ``include_meta`` keeps every stored field (id, rouge_l, most_similar_instruction, model, ...)
+    after instruction/input/output; only the alpaca formats take it. ``dest="-"`` prints a text
+    format to standard output. An empty run exports an empty file (or dataset) and returns 0.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if include_meta and fmt not in _META_FORMATS:
+        raise ConfigError(
+            f"the {fmt} format has a fixed shape and cannot include metadata; "
+            f"use {' or '.join(_META_FORMATS)} for that"
+        )
+    to_stdout = os.fspath(dest) == "-"
+    if to_stdout and fmt == "hf":
+        raise ConfigError("the hf format writes a directory and cannot go to standard output; give a path")
+    rows = _rows(out_dir, include_meta)
+    if fmt == "hf":
+        _save_hf(rows, Path(dest))
+    elif to_stdout:
+        _write_stdout(_TEXT_WRITERS[fmt](rows))
+    else:
+        _write_text_atomically(Path(dest), _TEXT_WRITERS[fmt](rows))
+    return len(rows)

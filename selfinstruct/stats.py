@@ -1,0 +1,495 @@
+"""Numbers and charts that describe a run directory: yield, lengths, similarity and diversity.
+
+``compute_stats`` reads the files only (it never takes the run's lock), so it works while a
+``generate`` is still writing; ``format_stats`` prints them, ``plot_stats`` draws PNG charts.
+
+Diversity is measured cheaply by the first word and the first two words of each instruction,
+a stand-in for the verb/noun analysis of the Self-Instruct paper (which needs a parser).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .store import REJECTED_FILE, read_accepted, read_jsonl, read_run
+
+__all__ = [
+    "DEFAULT_ROUGE_THRESHOLD",
+    "ROUGE_BINS",
+    "compute_stats",
+    "format_stats",
+    "plot_stats",
+]
+
+DEFAULT_ROUGE_THRESHOLD = 0.7
+# Histogram of ROUGE-L to the nearest task: [0.0, 0.1), ..., [0.6, 0.7); anything higher is "over".
+ROUGE_BINS: tuple[tuple[float, float], ...] = tuple((i / 10, (i + 1) / 10) for i in range(7))
+TOP_N = 20
+# Answers that never became a candidate; they do not count towards the accept rate.
+_NOT_CANDIDATES = ("unparseable",)
+# Where run.json's generation settings keep the similarity threshold (first match wins).
+_THRESHOLD_KEYS = ("similarity_threshold", "rouge_threshold")
+_STRIP = string.punctuation + "\u201c\u201d\u2018\u2019"
+
+
+def _words(text: Any) -> int:
+    return len(text.split()) if isinstance(text, str) else 0
+
+
+def _lead(text: Any, n: int) -> str | None:
+    """The first ``n`` words, lower-cased and without surrounding punctuation; None if too short."""
+    if not isinstance(text, str):
+        return None
+    words = [w.strip(_STRIP).lower() for w in text.split()]
+    words = [w for w in words if w]
+    return " ".join(words[:n]) if len(words) >= n else None
+
+
+def _percentiles(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    # numpy's default (linear interpolation between closest ranks).
+    p5, p50, p95 = np.percentile(np.asarray(values, dtype=float), [5, 50, 95])
+    return {
+        "count": len(values),
+        "min": float(min(values)),
+        "p5": float(p5),
+        "p50": float(p50),
+        "p95": float(p95),
+        "max": float(max(values)),
+        "mean": float(sum(values) / len(values)),
+    }
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def _threshold(config: dict[str, Any]) -> float:
+    for key in _THRESHOLD_KEYS:
+        value = _number(config.get(key))
+        if value is not None and 0 < value <= 1:
+            return value
+    return DEFAULT_ROUGE_THRESHOLD
+
+
+def _rouge_values(records: list[dict[str, Any]]) -> list[float]:
+    values = (_number(r.get("rouge_l")) for r in records)
+    return [v for v in values if v is not None]
+
+
+def _near_duplicate_scores(rejected: list[dict[str, Any]]) -> list[float]:
+    return _rouge_values([r for r in rejected if r.get("reason") == "near_duplicate"])
+
+
+def _rouge_histogram(values: list[float]) -> tuple[list[dict[str, Any]], int]:
+    counts = [0] * len(ROUGE_BINS)
+    over = 0
+    for value in values:
+        # The epsilon puts a score that is 0.2 on paper but 0.19999999999999998 in floats in [0.2, 0.3).
+        index = max(0, math.floor(value * 10 + 1e-9))
+        if index < len(counts):
+            counts[index] += 1
+        else:
+            over += 1
+    bins = [{"low": low, "high": high, "count": c} for (low, high), c in zip(ROUGE_BINS, counts)]
+    return bins, over
+
+
+def _top(counter: Counter[str], n: int = TOP_N) -> list[tuple[str, int]]:
+    # Ties broken alphabetically so the report is stable from run to run.
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+def compute_stats(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a run directory; see the module docstring. Unknown numbers are ``None``.
+
+    Keys: counts (``accepted``, ``candidates``, ``accept_rate``, ``rejected`` total and
+    ``rejected_by_reason``), ``with_input``/``without_input``, ``words`` (percentiles of
+    instruction/input/output word counts; input only over tasks that have one), ``rouge_l``
+    (histogram of accepted tasks' similarity to their nearest earlier task), ``leading_words``
+    and ``leading_bigrams``, ``tokens``, ``elapsed_seconds`` and ``tasks_per_minute``.
+    The result is plain JSON-compatible data.
+    """
+    return _compute(Path(out_dir))[0]
+
+
+def _compute(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stats plus the accepted and rejected records they were computed from."""
+    accepted = read_accepted(directory)
+    run = read_run(directory)
+    # The generation settings: "generation" as the pipeline writes it, "config" in older layouts.
+    config = next((run[k] for k in ("generation", "config") if isinstance(run.get(k), dict)), {})
+    counters = run.get("counters") if isinstance(run.get("counters"), dict) else {}
+    rejected_records = read_jsonl(directory / REJECTED_FILE)
+
+    # Rejection counts: run.json's counters when it has them, else count rejected.jsonl.
+    by_reason: Counter[str] = Counter()
+    stored = counters.get("rejected")
+    if isinstance(stored, dict) and stored:
+        for reason, count in stored.items():
+            value = _int(count)
+            if value:
+                by_reason[str(reason)] += value
+        rejected_source = "run.json"
+    else:
+        by_reason.update(str(r.get("reason") or "unknown") for r in rejected_records)
+        rejected_source = REJECTED_FILE
+    rejected_total = sum(by_reason.values())
+
+    n_accepted = len(accepted)  # the file, not the counter, is the source of truth
+    candidates = _int(counters.get("candidates"))
+    candidates_source = "run.json"
+    if candidates is None or candidates < n_accepted:
+        not_candidates = sum(by_reason[r] for r in _NOT_CANDIDATES)
+        candidates = n_accepted + rejected_total - not_candidates
+        candidates_source = "computed"
+    accept_rate = n_accepted / candidates if candidates else None
+
+    with_input = sum(1 for r in accepted if isinstance(r.get("input"), str) and r["input"].strip())
+
+    words = {
+        "instruction": _percentiles([_words(r.get("instruction")) for r in accepted]),
+        "input": _percentiles(
+            [_words(r["input"]) for r in accepted if isinstance(r.get("input"), str) and r["input"].strip()]
+        ),
+        "output": _percentiles([_words(r.get("output")) for r in accepted]),
+    }
+
+    rouge = _rouge_values(accepted)
+    bins, over = _rouge_histogram(rouge)
+    rejected_rouge = _near_duplicate_scores(rejected_records)
+
+    first = Counter(w for w in (_lead(r.get("instruction"), 1) for r in accepted) if w)
+    pairs = Counter(w for w in (_lead(r.get("instruction"), 2) for r in accepted) if w)
+
+    prompt_tokens = _int(counters.get("prompt_tokens"))
+    completion_tokens = _int(counters.get("completion_tokens"))
+    total_tokens = (
+        (prompt_tokens or 0) + (completion_tokens or 0)
+        if prompt_tokens is not None or completion_tokens is not None
+        else None
+    )
+    elapsed = _number(run.get("elapsed_seconds"))
+
+    stats = {
+        "out_dir": str(directory),
+        "status": run.get("status"),
+        "model": config.get("model"),
+        "requests": _int(counters.get("requests")),
+        "failed_requests": _int(counters.get("failed_requests")),
+        "answers": _int(counters.get("answers")),
+        "accepted": n_accepted,
+        "target": _int(run.get("target")),
+        "candidates": candidates,
+        "candidates_source": candidates_source,
+        "accept_rate": accept_rate,
+        "rejected": rejected_total,
+        "rejected_by_reason": dict(_top(by_reason, n=len(by_reason))),
+        "rejected_source": rejected_source,
+        "with_input": with_input,
+        "without_input": n_accepted - with_input,
+        "words": words,
+        "rouge_l": {
+            "threshold": _threshold(config),
+            "count": len(rouge),
+            "mean": sum(rouge) / len(rouge) if rouge else None,
+            "bins": bins,
+            "over": over,
+            "rejected_near_duplicates_scored": len(rejected_rouge),
+        },
+        "leading_words": {"distinct": len(first), "top": _top(first)},
+        "leading_bigrams": {"distinct": len(pairs), "top": _top(pairs)},
+        "tokens": {
+            "prompt": prompt_tokens,
+            "completion": completion_tokens,
+            "total": total_tokens,
+            "per_accepted": total_tokens / n_accepted if total_tokens is not None and n_accepted else None,
+        },
+        "elapsed_seconds": elapsed,
+        "tasks_per_minute": n_accepted / (elapsed / 60) if elapsed else None,
+    }
+    return stats, accepted, rejected_records
+
+
+# ---------------------------------------------------------------- text report
+
+
+def _fmt_int(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _fmt_num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.{digits}f}"
+
+
+def _fmt_pct(part: int, whole: int | None) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _table(rows: list[list[str]], indent: int = 2, align: str = "l") -> list[str]:
+    """Align columns; ``align`` has one letter per column (``l``/``r``), the last one repeats."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if align[min(i, len(align) - 1)] == "r" else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append((" " * indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _bar(count: int, largest: int, width: int = 30) -> str:
+    return "#" * max(1 if count else 0, round(width * count / largest)) if largest else ""
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A plain-text report of ``compute_stats`` output, with aligned columns, for the terminal."""
+    accepted = stats["accepted"]
+    lines = [f"Run directory: {stats['out_dir']}"]
+    header = [["status", str(stats.get("status") or "-")]]
+    if stats.get("model"):
+        header.append(["model", str(stats["model"])])
+    rate = stats["accept_rate"]
+    estimated = stats["candidates_source"] != "run.json"
+    requests = _fmt_int(stats.get("requests"))
+    if stats.get("failed_requests") is not None:
+        requests += f" ({stats['failed_requests']:,} failed)"
+    accepted_text = _fmt_int(accepted)
+    if stats.get("target"):
+        accepted_text += f" of {stats['target']:,}"
+    if rate is not None:
+        accepted_text += f" (accept rate {100 * rate:.1f}%)"
+    header += [
+        ["requests", requests],
+        ["candidates", _fmt_int(stats["candidates"]) + (" (estimated)" if estimated else "")],
+        ["accepted", accepted_text],
+        ["rejected", _fmt_int(stats["rejected"])],
+    ]
+    lines += _table(header, indent=0)
+
+    if stats["rejected_by_reason"]:
+        lines += ["", f"Rejections by reason (from {stats['rejected_source']})"]
+        lines += _table(
+            [[reason, _fmt_int(count), _fmt_pct(count, stats["rejected"])]
+             for reason, count in stats["rejected_by_reason"].items()],
+            align="lr",
+        )  # fmt: skip
+
+    lines += ["", "Inputs"]
+    lines += _table(
+        [
+            ["with input", _fmt_int(stats["with_input"]), _fmt_pct(stats["with_input"], accepted)],
+            ["without input", _fmt_int(stats["without_input"]), _fmt_pct(stats["without_input"], accepted)],
+        ],
+        align="lr",
+    )
+
+    lines += ["", "Length in words (input: tasks that have one)"]
+    rows = [["", "tasks", "min", "p5", "p50", "p95", "max", "mean"]]
+    for field, numbers in stats["words"].items():
+        if numbers is None:
+            rows.append([field, "0"] + ["-"] * 6)
+        else:
+            rows.append(
+                [field, _fmt_int(numbers["count"]), _fmt_int(int(numbers["min"]))]
+                + [f"{numbers[k]:,.1f}" for k in ("p5", "p50", "p95")]
+                + [_fmt_int(int(numbers["max"])), f"{numbers['mean']:,.1f}"]
+            )
+    lines += _table(rows, align="lr")
+
+    rouge = stats["rouge_l"]
+    lines += [
+        "",
+        f"ROUGE-L to the nearest earlier task (accepted tasks with a score: {rouge['count']:,}, "
+        f"mean {_fmt_num(rouge['mean'], 3)}, threshold {rouge['threshold']:g})",
+    ]
+    if rouge["count"]:
+        largest = max([b["count"] for b in rouge["bins"]] + [rouge["over"]])
+        rows = [[f"{b['low']:.1f}-{b['high']:.1f}", _fmt_int(b["count"]), _bar(b["count"], largest)]
+                for b in rouge["bins"]]  # fmt: skip
+        if rouge["over"]:
+            rows.append([f">={ROUGE_BINS[-1][1]:.1f}", _fmt_int(rouge["over"]), _bar(rouge["over"], largest)])
+        lines += _table(rows, align="lrl")
+
+    for key, title in (("leading_words", "first words"), ("leading_bigrams", "first two words")):
+        block = stats[key]
+        lines += ["", f"Distinct {title}: {block['distinct']:,} (top {min(TOP_N, len(block['top']))})"]
+        lines += _table(
+            [[text, _fmt_int(count), _fmt_pct(count, accepted)] for text, count in block["top"]], align="lr"
+        )
+
+    tokens = stats["tokens"]
+    lines += ["", "Tokens"]
+    lines += _table(
+        [
+            ["prompt", _fmt_int(tokens["prompt"])],
+            ["completion", _fmt_int(tokens["completion"])],
+            ["total", _fmt_int(tokens["total"])],
+            ["per accepted task", _fmt_num(tokens["per_accepted"])],
+        ],
+        align="lr",
+    )
+    if stats["elapsed_seconds"] is not None:
+        lines += ["", "Speed"]
+        lines += _table(
+            [
+                ["elapsed", _fmt_duration(stats["elapsed_seconds"])],
+                ["accepted tasks per minute", _fmt_num(stats["tasks_per_minute"], 2)],
+            ],
+            align="lr",
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- charts
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """``(Figure, MaxNLocator)``, imported only when charts are drawn (the plots extra)."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as exc:
+        raise ConfigError('charts need matplotlib: pip install "selfinstruct[plots]"') from exc
+    return Figure, MaxNLocator
+
+
+def _no_data(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _hbar(ax: Any, items: list[tuple[str, int]], color: str) -> None:
+    labels = [label for label, _ in items][::-1]  # largest at the top
+    counts = [count for _, count in items][::-1]
+    ax.barh(range(len(items)), counts, color=color)
+    ax.set_yticks(range(len(items)), labels)
+    for y, count in enumerate(counts):
+        ax.annotate(f"{count:,}", (count, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.margins(x=0.12)
+
+
+def plot_stats(out_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]) -> list[Path]:
+    """Draw four PNG charts of a run into ``dest_dir`` (created if missing); return their paths.
+
+    Uses matplotlib's ``Figure`` with the Agg renderer directly, not pyplot, so it changes no
+    global backend state and needs no display.
+    """
+    Figure, MaxNLocator = _matplotlib()
+    stats, records, rejected = _compute(Path(out_dir))
+    accepted_rouge = _rouge_values(records)
+    rejected_rouge = _near_duplicate_scores(rejected)
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    run_name = Path(out_dir).resolve().name
+    paths: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        path = dest / name
+        fig.savefig(path, format="png", dpi=100)
+        paths.append(path)
+
+    # 1. instruction length
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    lengths = [_words(r.get("instruction")) for r in records]
+    if lengths:
+        # One bar per word count.
+        edges = np.arange(min(lengths), max(lengths) + 2) - 0.5
+        ax.hist(lengths, bins=edges, color="#4c72b0", edgecolor="white")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        median = float(np.median(lengths))
+        ax.axvline(median, color="#c44e52", linestyle="--", label=f"median {median:g}")
+        ax.legend()
+    else:
+        _no_data(ax, "no accepted tasks yet")
+    ax.set_title(f"Instruction length ({len(lengths):,} accepted tasks, {run_name})")
+    ax.set_xlabel("words in the instruction")
+    ax.set_ylabel("tasks")
+    save(fig, "instruction_length.png")
+
+    # 2. similarity to the nearest task, accepted and rejected near-duplicates
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    threshold = stats["rouge_l"]["threshold"]
+    if accepted_rouge or rejected_rouge:
+        edges = np.linspace(0, 1, 21)
+        data, labels, colors = [], [], []
+        if accepted_rouge:
+            data.append(accepted_rouge)
+            labels.append(f"accepted ({len(accepted_rouge):,})")
+            colors.append("#4c72b0")
+        if rejected_rouge:
+            data.append(rejected_rouge)
+            labels.append(f"rejected as near duplicate ({len(rejected_rouge):,})")
+            colors.append("#dd8452")
+        ax.hist(data, bins=edges, stacked=True, label=labels, color=colors, edgecolor="white")
+        ax.set_xlim(0, 1)
+    else:
+        _no_data(ax, "no ROUGE-L scores recorded")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
+    ax.legend()
+    ax.set_title("ROUGE-L F to the most similar earlier task")
+    ax.set_xlabel("ROUGE-L F")
+    ax.set_ylabel("tasks")
+    save(fig, "rouge_l.png")
+
+    # 3. leading words
+    top = stats["leading_words"]["top"]
+    fig = Figure(figsize=(8, max(4.5, 0.3 * len(top) + 1.5)))
+    ax = fig.subplots()
+    if top:
+        _hbar(ax, top, "#55a868")
+    else:
+        _no_data(ax, "no accepted tasks yet")
+    ax.set_title(f"Top {len(top)} first words of instructions ({stats['leading_words']['distinct']:,} distinct)")
+    ax.set_xlabel("tasks")
+    ax.set_ylabel("first word")
+    save(fig, "leading_words.png")
+
+    # 4. rejection reasons
+    reasons = list(stats["rejected_by_reason"].items())
+    fig = Figure(figsize=(8, max(4.5, 0.4 * len(reasons) + 1.5)))
+    ax = fig.subplots()
+    if reasons:
+        _hbar(ax, reasons, "#dd8452")
+    else:
+        _no_data(ax, "no rejected candidates")
+    ax.set_title(f"Rejected candidates by reason ({stats['rejected']:,} in all)")
+    ax.set_xlabel("candidates")
+    ax.set_ylabel("reason")
+    save(fig, "rejection_reasons.png")
+
+    return paths

@@ -1,0 +1,527 @@
+"""Answer parser: a table of realistic model answers, continuation, truncation, round trips."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from selfinstruct import parse
+from selfinstruct.parse import ParseResult, parse_answer
+from selfinstruct.prompts import render_block
+
+Task = tuple[str, str, str]  # (instruction, input, output)
+
+CANONICAL = """###
+4. Instruction: Rewrite the sentence in the passive voice.
+4. Input:
+The committee approved the budget.
+4. Output:
+The budget was approved by the committee.
+###
+5. Instruction: What is the boiling point of water at sea level in Celsius?
+5. Input:
+<noinput>
+5. Output:
+100 degrees Celsius.
+###
+"""
+CANONICAL_TASKS: list[Task] = [
+    (
+        "Rewrite the sentence in the passive voice.",
+        "The committee approved the budget.",
+        "The budget was approved by the committee.",
+    ),
+    ("What is the boiling point of water at sea level in Celsius?", "", "100 degrees Celsius."),
+]
+
+# (id, answer, expected tasks, expected numbers, expected malformed)
+CASES: list[tuple[str, str, list[Task], list[int | None], int]] = [
+    ("canonical", CANONICAL, CANONICAL_TASKS, [4, 5], 0),
+    (
+        "numbering_restarted",
+        CANONICAL.replace("4.", "1.").replace("5.", "2."),
+        CANONICAL_TASKS,
+        [1, 2],
+        0,
+    ),
+    ("numbering_skipped", CANONICAL.replace("5.", "9."), CANONICAL_TASKS, [4, 9], 0),
+    (
+        "numbering_missing",
+        CANONICAL.replace("4. ", "").replace("5. ", ""),
+        CANONICAL_TASKS,
+        [None, None],
+        0,
+    ),
+    (
+        "bold_headers",
+        "**Instruction:** Rewrite the sentence in the passive voice.\n"
+        "**Input:** The committee approved the budget.\n"
+        "**Output:** The budget was approved by the committee.\n\n"
+        "**Instruction:** What is the boiling point of water at sea level in Celsius?\n"
+        "**Input:** <noinput>\n"
+        "**Output:** 100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [None, None],
+        0,
+    ),
+    (
+        "bold_numbered_headers_and_italics",
+        "**4. Instruction:** Rewrite the sentence in the passive voice.\n"
+        "*4. Input:*\nThe committee approved the budget.\n"
+        "__4. Output:__\nThe budget was approved by the committee.\n"
+        "5. **Instruction**: What is the boiling point of water at sea level in Celsius?\n"
+        "5. **Input**: *None*\n"
+        "5. **Output**: 100 degrees Celsius.",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "whole_line_bold",
+        "**Instruction: Rewrite the sentence in the passive voice.**\n"
+        "**Input: The committee approved the budget.**\n"
+        "**Output:** The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [None],
+        0,
+    ),
+    (
+        "instruction_n_style",
+        "Instruction 4: Rewrite the sentence in the passive voice.\n"
+        "Input 4: The committee approved the budget.\n"
+        "Output 4: The budget was approved by the committee.\n"
+        "Instruction 5: What is the boiling point of water at sea level in Celsius?\n"
+        "Input 5: <noinput>\n"
+        "Output 5: 100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "task_n_headers",
+        "Task 4\nInstruction: Rewrite the sentence in the passive voice.\n"
+        "Input: The committee approved the budget.\n"
+        "Output: The budget was approved by the committee.\n\n"
+        "Task 5\nInstruction: What is the boiling point of water at sea level in Celsius?\n"
+        "Input: N/A\nOutput: 100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "markdown_task_headings",
+        "### Task 4\n**Instruction:** Rewrite the sentence in the passive voice.\n"
+        "**Input:** The committee approved the budget.\n"
+        "**Output:** The budget was approved by the committee.\n\n---\n\n"
+        "### Task 5: Science trivia\n**Instruction:** What is the boiling point of water at sea "
+        "level in Celsius?\n**Input:** No input\n**Output:** 100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "task_title_is_the_instruction",
+        "Task 4: Rewrite the sentence in the passive voice.\n"
+        "Input: The committee approved the budget.\n"
+        "Output: The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [4],
+        0,
+    ),
+    (
+        "bulleted_bold_fields_under_task_heading",
+        "**Task 4:**\n- **Instruction:** Rewrite the sentence in the passive voice.\n"
+        "- **Input:** The committee approved the budget.\n"
+        "- **Output:** The budget was approved by the committee.\n\n"
+        "5. **Instruction:** What is the boiling point of water at sea level in Celsius?\n"
+        "   **Input:** <noinput>\n   **Output:** 100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "paren_numbers",
+        "4) Instruction: Rewrite the sentence in the passive voice.\n"
+        "4) Input: The committee approved the budget.\n"
+        "4) Output: The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [4],
+        0,
+    ),
+    (
+        "instruction_on_next_line",
+        "Instruction:\nRewrite the sentence in the passive voice.\n"
+        "Input:\nThe committee approved the budget.\n"
+        "Output:\nThe budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [None],
+        0,
+    ),
+    (
+        "noinput_on_one_line",
+        "1. Instruction: What is the boiling point of water at sea level in Celsius?\n"
+        "1. Input: <noinput>\n1. Output: 100 degrees Celsius.",
+        CANONICAL_TASKS[1:],
+        [1],
+        0,
+    ),
+    (
+        "blocks_without_separators",
+        CANONICAL.replace("###\n", ""),
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "extra_blank_lines",
+        CANONICAL.replace("\n", "\n\n\n"),
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "chatty_preamble_and_remark",
+        "Sure! Here are more tasks:\n\n" + CANONICAL.rstrip("#\n")
+        + "\n\nI hope these tasks are useful. Let me know if you need more!\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "chat_reply_continuing_the_cue_after_a_preamble",
+        "Sure! Here are the remaining tasks:\nRewrite the sentence in the passive voice.\n"
+        "4. Input:\nThe committee approved the budget.\n4. Output:\n"
+        "The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [4],
+        0,
+    ),
+    (
+        "remarks_about_the_tasks_are_cut_but_real_last_paragraphs_kept",
+        "###\n1. Instruction: Divide 7 by 2 in Python.\n1. Input:\n<noinput>\n1. Output:\n"
+        "7 // 2 gives 3.\n\nNote: // rounds down.\n\nNote: all tasks above are in English.",
+        [("Divide 7 by 2 in Python.", "", "7 // 2 gives 3.\n\nNote: // rounds down.")],
+        [1],
+        0,
+    ),
+    (
+        "remark_after_final_separator",
+        CANONICAL + "These tasks cover rewriting and science.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "code_fence_wrapper",
+        "```\n" + CANONICAL + "```\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "preamble_then_fenced_answer_then_remark",
+        "Here are the next tasks:\n```markdown\n" + CANONICAL + "```\nFeel free to ask for more.",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "code_fence_wrapper_closing_right_after_last_output",
+        "```text\n" + CANONICAL.rstrip("#\n") + "\n```\nHope this helps!",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "windows_newlines",
+        CANONICAL.replace("\n", "\r\n"),
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "empty_input_spellings",
+        "".join(
+            f"###\n{i}. Instruction: Name a color.\n{i}. Input:\n{spelling}\n{i}. Output:\nRed\n"
+            for i, spelling in enumerate(
+                ["<no input>", "NONE", "n/a", "", "No Input", "<NoInput>"], start=1
+            )
+        ),
+        [("Name a color.", "", "Red")] * 6,
+        [1, 2, 3, 4, 5, 6],
+        0,
+    ),
+    (
+        "multiline_code_and_list_kept",
+        "###\n1. Instruction: Explain what this function does.\n1. Input:\n"
+        "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n"
+        "1. Output:\nIt adds up the numbers:\n\n1. start at zero\n2. add each item\n"
+        "###\n2. Instruction: List three primary colors.\n2. Input:\n<noinput>\n2. Output:\n"
+        "- red\n- blue\n- yellow\n",
+        [
+            (
+                "Explain what this function does.",
+                "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s",
+                "It adds up the numbers:\n\n1. start at zero\n2. add each item",
+            ),
+            ("List three primary colors.", "", "- red\n- blue\n- yellow"),
+        ],
+        [1, 2],
+        0,
+    ),
+    (
+        "fenced_code_inside_output_is_kept",
+        "###\n1. Instruction: Write a Python expression that squares x.\n1. Input:\n<noinput>\n"
+        "1. Output:\n```python\nx ** 2\n```\n###\n",
+        [("Write a Python expression that squares x.", "", "```python\nx ** 2\n```")],
+        [1],
+        0,
+    ),
+    (
+        "empty_output_is_still_a_candidate",
+        "###\n1. Instruction: Say nothing at all.\n1. Input:\n<noinput>\n1. Output:\n\n###\n",
+        [("Say nothing at all.", "", "")],
+        [1],
+        0,
+    ),
+    (
+        "missing_output_is_malformed",
+        "###\n1. Instruction: Translate 'cat' into French.\n1. Input:\n<noinput>\n"
+        + CANONICAL,
+        CANONICAL_TASKS,
+        [4, 5],
+        1,
+    ),
+    (
+        "missing_instruction_text_is_malformed",
+        "###\n1. Instruction:\n1. Input:\nSome text.\n1. Output:\nAn answer.\n" + CANONICAL,
+        CANONICAL_TASKS,
+        [4, 5],
+        1,
+    ),
+    (
+        "instruction_header_word_missing_after_separator",
+        "###\n4. Rewrite the sentence in the passive voice.\n4. Input:\n"
+        "The committee approved the budget.\n4. Output:\n"
+        "The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [4],
+        0,
+    ),
+    (
+        "instruction_header_word_missing_without_separator",
+        "4. Instruction: Rewrite the sentence in the passive voice.\n4. Input:\n"
+        "The committee approved the budget.\n4. Output:\n"
+        "The budget was approved by the committee.\n"
+        "5. What is the boiling point of water at sea level in Celsius?\n5. Input:\n<noinput>\n"
+        "5. Output:\n100 degrees Celsius.\n",
+        CANONICAL_TASKS,
+        [4, 5],
+        0,
+    ),
+    (
+        "io_words_inside_output_are_text",
+        "###\n1. Instruction: Describe what a sorting function does.\n1. Input:\n<noinput>\n"
+        "1. Output:\nIt takes a list.\nInput: [3, 1, 2]\n1. Input: any list\nOutput: [1, 2, 3]\n",
+        [
+            (
+                "Describe what a sorting function does.",
+                "",
+                "It takes a list.\nInput: [3, 1, 2]\n1. Input: any list\nOutput: [1, 2, 3]",
+            )
+        ],
+        [1],
+        0,
+    ),
+    (
+        "alpaca_style_response_headers",
+        "### Instruction:\nRewrite the sentence in the passive voice.\n\n### Input:\n"
+        "The committee approved the budget.\n\n### Response:\n"
+        "The budget was approved by the committee.\n",
+        CANONICAL_TASKS[:1],
+        [None],
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "tasks", "numbers", "malformed"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_parse_table(
+    answer: str, tasks: list[Task], numbers: list[int | None], malformed: int
+) -> None:
+    result = parse_answer(answer)
+    assert [(c.instruction, c.input, c.output) for c in result.candidates] == tasks
+    assert [c.meta["number"] for c in result.candidates] == numbers
+    assert result.malformed == malformed
+    assert result.dropped_incomplete == 0
+
+
+CONTINUATION = (
+    " Rewrite the sentence in the passive voice.\n4. Input:\nThe committee approved the budget.\n"
+    "4. Output:\nThe budget was approved by the committee.\n###\n5. Instruction: What is the "
+    "boiling point of water at sea level in Celsius?\n5. Input:\n<noinput>\n5. Output:\n"
+    "100 degrees Celsius.\n###\n"
+)
+
+
+def test_continuation_first_instruction_comes_before_input_line() -> None:
+    result = parse_answer(CONTINUATION, continuation_number=4)
+    assert [(c.instruction, c.input, c.output) for c in result.candidates] == CANONICAL_TASKS
+    assert [c.meta["number"] for c in result.candidates] == [4, 5]
+    assert (result.malformed, result.dropped_incomplete) == (0, 0)
+
+
+def test_continuation_with_unnumbered_input_line_and_leading_number_kept() -> None:
+    # After "4. Instruction:" the text is the instruction verbatim, even if it starts with digits.
+    text = " 3. Explain the rule in one sentence.\nInput:\n<noinput>\nOutput:\nIt is.\n"
+    result = parse_answer(text, continuation_number=4)
+    assert [(c.instruction, c.output, c.meta["number"]) for c in result.candidates] == [
+        ("3. Explain the rule in one sentence.", "It is.", 4)
+    ]
+
+
+def test_continuation_where_model_restarts_the_block() -> None:
+    # Chat models often repeat the cue or chat first; the explicit header wins.
+    for prefix in ("", "Sure! Here are the remaining tasks:\n\n", "\n"):
+        text = prefix + "###\n4. Instruction:" + CONTINUATION
+        result = parse_answer(text, continuation_number=4)
+        assert [(c.instruction, c.input, c.output) for c in result.candidates] == CANONICAL_TASKS
+        assert result.malformed == 0
+
+
+def test_continuation_without_output_is_malformed() -> None:
+    text = " Name the capital of Peru.\n4. Input:\n<noinput>\n###\n" + CANONICAL
+    result = parse_answer(text, continuation_number=4)
+    assert [c.instruction for c in result.candidates] == [t[0] for t in CANONICAL_TASKS]
+    assert result.malformed == 1
+
+
+def test_length_drops_the_cut_last_task() -> None:
+    cut = CANONICAL.rstrip("#\n")[:-8]  # output of task 5 cut mid-word
+    result = parse_answer(cut, finish_reason="length")
+    assert [c.instruction for c in result.candidates] == [CANONICAL_TASKS[0][0]]
+    assert (result.malformed, result.dropped_incomplete) == (0, 1)
+    # Without the hint the cut task is returned as written.
+    assert len(parse_answer(cut).candidates) == 2
+
+
+def test_length_cut_inside_instruction_is_not_counted_malformed() -> None:
+    text = CANONICAL + "6. Instruction: Summarize the"
+    result = parse_answer(text, finish_reason="length")
+    assert len(result.candidates) == 2
+    assert (result.malformed, result.dropped_incomplete) == (0, 1)
+    assert parse_answer(text).malformed == 1  # the same text, finished normally, is malformed
+
+
+def test_length_in_continuation_mode() -> None:
+    result = parse_answer(" Name three rivers in", continuation_number=4, finish_reason="length")
+    assert result == ParseResult([], 0, 1)
+    text = CONTINUATION + "6. Instruction: Sort"
+    result = parse_answer(text, continuation_number=4, finish_reason="length")
+    assert len(result.candidates) == 2 and result.dropped_incomplete == 1
+
+
+def test_length_when_answer_ended_at_a_separator_keeps_everything() -> None:
+    result = parse_answer(CANONICAL, finish_reason="length")
+    assert len(result.candidates) == 2 and result.dropped_incomplete == 0
+
+
+def test_stop_finish_reason_keeps_last_task() -> None:
+    result = parse_answer(CANONICAL.rstrip("#\n"), finish_reason="stop")
+    assert len(result.candidates) == 2 and result.dropped_incomplete == 0
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "   \n\n",
+        "I'm sorry, but I can't help with that.",
+        "###\n###\n###",
+        "```\n```",
+        "Instruction:",
+        "1. Input:\n2. Output:\n",
+        "\x00\x01 random ### bytes **** \r\r\n",
+        "Task 3",
+    ],
+)
+def test_garbage_gives_no_candidates(garbage: str) -> None:
+    result = parse_answer(garbage)
+    assert result.candidates == []
+    assert result.malformed >= 0 and result.dropped_incomplete == 0
+
+
+def test_garbage_with_text_but_no_output_counts_as_malformed() -> None:
+    result = parse_answer("Instruction: Do a thing.\nInstruction: Do another thing.\n")
+    assert result.candidates == [] and result.malformed == 2
+
+
+@given(
+    st.text(max_size=400),
+    st.sampled_from([None, "stop", "length"]),
+    st.one_of(st.none(), st.integers(1, 30)),
+)
+@settings(max_examples=300, deadline=None)
+def test_never_raises(text: str, finish_reason: str | None, number: int | None) -> None:
+    result = parse_answer(text, continuation_number=number, finish_reason=finish_reason)
+    assert result.malformed >= 0 and result.dropped_incomplete in (0, 1)
+    for c in result.candidates:
+        assert c.instruction and c.instruction == c.instruction.strip()
+
+
+# --- round trip: rendered blocks parse back to the same tasks -----------------------------------
+
+_WORDS = st.sampled_from(
+    ["alpha", "beta", "sort", "the", "list", "7", "3.5", "x=1", "(a)", "-", "1.", "2)", "a:b", "Q?",
+     "def", "   ", "\t", "*", "_id", "**bold**", "`code`", "#", "sum", "é", "中文"]
+)  # fmt: skip
+_LINE = st.lists(_WORDS, min_size=1, max_size=8).map(" ".join)
+_TEXT = st.lists(st.one_of(_LINE, st.just("")), min_size=1, max_size=5).map("\n".join)
+
+
+def _plain(text: str) -> bool:
+    """No line the parser treats as structure (headers, separators, fences, closing remarks)."""
+    return not any(
+        parse._is_structural(line) or parse._FENCE.match(line) or parse._TRAILER.match(line.strip())
+        for line in text.split("\n")
+    )
+
+
+def _expected(task: Task) -> Task:
+    instruction, input_, output = (part.strip() for part in task)
+    return instruction, "" if parse._is_empty_input(input_) else input_, output
+
+
+def _check_round_trip(tasks: list[Task]) -> None:
+    for instruction, input_, output in tasks:
+        assume(instruction.strip())
+        assume(_plain(instruction) and _plain(input_) and _plain(output))
+    text = "".join(render_block(i, *task) for i, task in enumerate(tasks, start=1))
+    result = parse_answer(text)
+    got = [(c.instruction, c.input, c.output) for c in result.candidates]
+    assert got == [_expected(t) for t in tasks]
+    assert [c.meta["number"] for c in result.candidates] == list(range(1, len(tasks) + 1))
+    assert result.malformed == 0
+
+
+@given(st.lists(st.tuples(_TEXT, _TEXT, _TEXT), min_size=1, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_round_trip_word_texts(tasks: list[Task]) -> None:
+    _check_round_trip(tasks)
+
+
+# Any characters but "\r" (it is a newline to the parser) and lone surrogates.
+_ANY_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=60
+)
+
+
+@given(st.lists(st.tuples(_ANY_TEXT, _ANY_TEXT, _ANY_TEXT), min_size=1, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_round_trip_arbitrary_texts(tasks: list[Task]) -> None:
+    _check_round_trip(tasks)
