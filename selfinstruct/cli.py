@@ -74,6 +74,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     server.add_argument("--max-concurrency", type=int, default=128, help="upper bound for auto concurrency (default 128)")
     server.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
     server.add_argument("--max-attempts", type=int, default=8, help="attempts per request before it is dropped (default 8)")
+    server.add_argument("--retry-wait", type=float, default=1.0, help="first retry wait in seconds, doubled per attempt (default 1)")
+    server.add_argument("--retry-wait-max", type=float, default=60.0, help="longest retry wait (default 60); Retry-After wins")
     server.add_argument(
         "--give-up-after", type=float, default=600.0,
         help="stop when no server has answered for this many seconds (default 600)",
@@ -170,6 +172,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         allow_config_change=args.allow_config_change,
         request_timeout=args.request_timeout,
         max_attempts=args.max_attempts,
+        retry_wait=args.retry_wait,
+        retry_wait_max=args.retry_wait_max,
         give_up_after=args.give_up_after,
         progress=not args.quiet,
     )

@@ -152,7 +152,8 @@ class _Endpoint:
     failures: int = 0
     consecutive_failures: int = 0
     rested_until: float = 0.0
-    rests: int = 0
+    rests: int = 0  # consecutive rests, for the back-off; total_rests for the stats
+    total_rests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_total: float = 0.0
@@ -173,7 +174,7 @@ class _Endpoint:
             "concurrency_limit": self.limit.value,
             "concurrency_peak": int(self.limit.peak),
             "concurrency_cuts": self.limit.cuts,
-            "rests": self.rests,
+            "rests": self.total_rests,
         }
 
 
@@ -454,6 +455,7 @@ class EndpointPool:
         completion_tokens = int(usage.get("completion_tokens") or 0)
         endpoint.successes += 1
         endpoint.consecutive_failures = 0
+        endpoint.rests = 0  # a working endpoint starts its back-off afresh next time
         endpoint.prompt_tokens += prompt_tokens
         endpoint.completion_tokens += completion_tokens
         endpoint.latency_total += latency
@@ -478,10 +480,15 @@ class EndpointPool:
         self._last_error = f"{redact_url(endpoint.url)}: {kind}: {error.cause}"
         if kind in ("timeout", "http_429", "http_503"):
             endpoint.limit.on_overload()
+        if kind == "http_429":
+            # Rate limiting is flow control, not a broken endpoint: the smaller limit and
+            # Retry-After handle it; resting would idle a server that is working.
+            return
         endpoint.consecutive_failures += 1
         if endpoint.consecutive_failures >= self.rest_after_failures:
             # Rest it: 2 s, 4 s, ... up to 2 min; the other endpoints carry on meanwhile.
             endpoint.rests += 1
+            endpoint.total_rests += 1
             pause = min(120.0, 2.0 ** min(endpoint.rests, 7))
             endpoint.rested_until = time.monotonic() + pause
             endpoint.consecutive_failures = 0

@@ -83,6 +83,8 @@ class RunConfig:
     allow_config_change: bool = False
     request_timeout: float = 600.0
     max_attempts: int = 8
+    retry_wait: float = 1.0  # first back-off in seconds, doubled per attempt (with jitter)
+    retry_wait_max: float = 60.0
     give_up_after: float = 600.0
     progress: bool = True
 
@@ -471,6 +473,8 @@ async def run_generation(config: RunConfig, *, stop: asyncio.Event | None = None
             max_concurrency=config.max_concurrency,
             request_timeout=config.request_timeout,
             max_attempts=config.max_attempts,
+            backoff_base=config.retry_wait,
+            backoff_cap=config.retry_wait_max,
             give_up_after=config.give_up_after,
         )
         try:
