@@ -67,7 +67,7 @@ class RunConfig:
     model: str | None = None
     model_path: Path | None = None  # GGUF for the embedded server (used when base_urls is empty)
     api: Literal["chat", "completions"] = "chat"
-    concurrency: int | None = 8  # None: adaptive
+    concurrency: int | None = None  # None: adaptive (AIMD per endpoint); a number fixes it
     max_concurrency: int = 128
     num_prompt_instructions: int = 3
     machine_demos: int = 0

@@ -466,30 +466,27 @@ def plot_stats(out_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]
     ax.set_ylabel("tasks")
     save(fig, "rouge_l.png")
 
+    def bar_chart(items: list, color: str, title: str, xlabel: str, ylabel: str, empty: str, name: str) -> None:
+        fig = Figure(figsize=(8, max(4.5, 0.3 * len(items) + 1.5)))
+        ax = fig.subplots()
+        if items:
+            _hbar(ax, items, color)
+        else:
+            _no_data(ax, empty)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        save(fig, name)
+
     # 3. leading words
     top = stats["leading_words"]["top"]
-    fig = Figure(figsize=(8, max(4.5, 0.3 * len(top) + 1.5)))
-    ax = fig.subplots()
-    if top:
-        _hbar(ax, top, "#55a868")
-    else:
-        _no_data(ax, "no accepted tasks yet")
-    ax.set_title(f"Top {len(top)} first words of instructions ({stats['leading_words']['distinct']:,} distinct)")
-    ax.set_xlabel("tasks")
-    ax.set_ylabel("first word")
-    save(fig, "leading_words.png")
+    distinct = stats["leading_words"]["distinct"]
+    bar_chart(top, "#55a868", f"Top {len(top)} first words of instructions ({distinct:,} distinct)",
+              "tasks", "first word", "no accepted tasks yet", "leading_words.png")  # fmt: skip
 
     # 4. rejection reasons
     reasons = list(stats["rejected_by_reason"].items())
-    fig = Figure(figsize=(8, max(4.5, 0.4 * len(reasons) + 1.5)))
-    ax = fig.subplots()
-    if reasons:
-        _hbar(ax, reasons, "#dd8452")
-    else:
-        _no_data(ax, "no rejected candidates")
-    ax.set_title(f"Rejected candidates by reason ({stats['rejected']:,} in all)")
-    ax.set_xlabel("candidates")
-    ax.set_ylabel("reason")
-    save(fig, "rejection_reasons.png")
+    bar_chart(reasons, "#dd8452", f"Rejected candidates by reason ({stats['rejected']:,} in all)",
+              "candidates", "reason", "no rejected candidates", "rejection_reasons.png")  # fmt: skip
 
     return paths
