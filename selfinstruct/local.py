@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from collections.abc import Callable
 
 from selfinstruct.errors import ConfigError, ServerUnreachable
 

@@ -14,7 +14,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,6 +151,12 @@ class RunSummary:
             f"  rejected: {top}",
             f"  tokens: prompt {c.get('prompt_tokens', 0)}, completion {c.get('completion_tokens', 0)}",
         ]
+        for url, e in self.endpoints.items():
+            errors = ", ".join(f"{k} {v}" for k, v in e["errors"].items()) or "none"
+            lines.append(
+                f"  {url}: {e['successes']} answers, errors: {errors}; concurrency {e['concurrency_limit']} "
+                f"(peak {e['concurrency_peak']}), mean latency {e['mean_latency_s']} s, rested {e['rests']}x"
+            )
         return "\n".join(lines)
 
 

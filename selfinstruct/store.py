@@ -39,6 +39,8 @@ ACCEPTED_FILE = "instructions.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _cut_torn_tail(path: Path) -> int:
@@ -247,6 +249,7 @@ class RunStore:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=False)
                 fh.write("\n")
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; run.json is not secret
             os.replace(tmp, self.run_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
