@@ -31,13 +31,13 @@ from .stats import compute_stats, format_stats, plot_stats
 from .store import RunStore, read_accepted
 
 __all__ = [
-    "DEFAULT_BLACKLIST",
-    "EXPORT_FORMATS",
     "AuthError",
     "BadRequest",
     "Candidate",
     "ClientError",
     "ConfigError",
+    "DEFAULT_BLACKLIST",
+    "EXPORT_FORMATS",
     "FilterConfig",
     "LockedError",
     "ModelNotFound",

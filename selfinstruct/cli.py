@@ -66,7 +66,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     server.add_argument("--api-key", help="API key (default $OPENAI_API_KEY, else a placeholder local servers accept)")
     server.add_argument("--model", help="model name (default: the first model the server lists)")
     server.add_argument("--model-path", type=Path, help="GGUF file for the embedded server (default: SmolLM2-135M-Instruct)")
-    server.add_argument("--api", choices=("chat", "completions"), help="chat (default) or legacy completions")
+    server.add_argument(
+        "--api", choices=("chat", "completions"),
+        help="chat (default for servers) or legacy completions (default for the embedded model, measured: "
+        "3.6 vs 1.6 accepted tasks per 1k generated tokens on SmolLM2-135M)",
+    )  # fmt: skip
     server.add_argument(
         "--concurrency", type=_concurrency, default=None, metavar="K|auto",
         help="requests in flight per endpoint: a number, or auto (default; adapts to the server; 1 on the embedded model)",

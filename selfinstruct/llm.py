@@ -441,26 +441,28 @@ class EndpointPool:
         endpoint = await self._acquire()
         started = time.monotonic()
         try:
-            text, finish_reason, usage = await self._send(endpoint, request)
-        except Exception as exc:  # noqa: BLE001 - sorted out by _classify
-            error = exc if isinstance(exc, _Retry) else self._classify(exc, endpoint)
-            self._record_failure(endpoint, error)
-            if error is exc:
-                raise
-            raise error from exc
+            try:
+                text, finish_reason, usage = await self._send(endpoint, request)
+            except Exception as exc:  # noqa: BLE001 - sorted out by _classify
+                error = exc if isinstance(exc, _Retry) else self._classify(exc, endpoint)
+                self._record_failure(endpoint, error)
+                if error is exc:
+                    raise
+                raise error from exc
+            latency = time.monotonic() - started
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+            endpoint.successes += 1
+            endpoint.consecutive_failures = 0
+            endpoint.rests = 0  # a working endpoint starts its back-off afresh next time
+            endpoint.prompt_tokens += prompt_tokens
+            endpoint.completion_tokens += completion_tokens
+            endpoint.latency_total += latency
+            endpoint.limit.on_success(latency, completion_tokens or max(1, len(text) // 4))
+            self._last_success = time.monotonic()
         finally:
+            # After the limit has moved, so the wake-up counts the slots it just opened.
             await self._release(endpoint)
-        latency = time.monotonic() - started
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-        endpoint.successes += 1
-        endpoint.consecutive_failures = 0
-        endpoint.rests = 0  # a working endpoint starts its back-off afresh next time
-        endpoint.prompt_tokens += prompt_tokens
-        endpoint.completion_tokens += completion_tokens
-        endpoint.latency_total += latency
-        endpoint.limit.on_success(latency, completion_tokens or max(1, len(text) // 4))
-        self._last_success = time.monotonic()
         return Completion(
             text=text,
             finish_reason=finish_reason,

@@ -192,8 +192,16 @@ class _Progress:
 class _Run:
     """State of one ``generate`` session over one run directory."""
 
-    def __init__(self, config: RunConfig, seeds: list[SeedTask], store: RunStore, pool: EndpointPool) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        seeds: list[SeedTask],
+        store: RunStore,
+        pool: EndpointPool,
+        generation: dict[str, Any],
+    ) -> None:
         self.config = config
+        self.generation = generation
         self.seeds = seeds
         self.store = store
         self.pool = pool
@@ -226,8 +234,10 @@ class _Run:
         self.added = 0
         self.done = asyncio.Event()
         self._last_save = 0.0
-        self._next_request = int(self.counters["requests"])
-        self._tokens_at_start = 0
+        # Request numbers stay unique across sessions, even after a crash left run.json behind.
+        seen = [int(r.get("request", -1)) for r in store.accepted[-1000:]]
+        self._next_request = max([int(old.get("next_request", 0)), int(self.counters["requests"]), *(n + 1 for n in seen)])
+        self._tokens_at_start = int(self.counters["completion_tokens"])
         self.progress = _Progress(config.progress, self.target, len(store.accepted))
 
     # -- requests ---------------------------------------------------------------------------
@@ -382,6 +392,7 @@ class _Run:
     def save(self, status: Status, error: str | None = None) -> None:
         self.store.sync()
         counters = {k: v for k, v in self.counters.items() if k != "session_candidates"}
+        counters["next_request"] = self._next_request
         counters["accepted"] = len(self.store.accepted)
         counters["rejected_total"] = sum(counters["rejected"].values())
         data = {
@@ -406,8 +417,6 @@ class _Run:
         }
         self.store.write_run(data)
         self._last_save = time.monotonic()
-
-    generation: dict[str, Any] = {}
 
     def summary(self, status: Status, error: str | None = None) -> RunSummary:
         counters = dict(self.counters)
@@ -509,8 +518,7 @@ async def _run(
             f"{config.output_dir} was generated with other settings ({changes}); resume with the "
             "original settings, pass --allow-config-change to continue anyway, or use a new --output-dir"
         )
-    run = _Run(config, seeds, store, pool)
-    run.generation = generation
+    run = _Run(config, seeds, store, pool, generation)
     if len(store.accepted) >= run.target:
         run.save("done")
         return run.summary("done")

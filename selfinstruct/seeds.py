@@ -53,7 +53,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _parse_record(record: Any, line: int, fmt: str, issues: list[_Issue]) -> SeedTask | None:
+def _parse_record(record: Any, line: int, position: int, issues: list[_Issue]) -> SeedTask | None:
     """One JSON value → SeedTask, appending structural problems to ``issues``."""
     if not isinstance(record, dict):
         issues.append(_Issue(line, f"expected a JSON object, got {type(record).__name__}"))
@@ -96,7 +96,7 @@ def _parse_record(record: Any, line: int, fmt: str, issues: list[_Issue]) -> See
     if not isinstance(is_cls, bool):
         issues.append(_Issue(line, "field 'is_classification' must be true or false"))
         return None
-    ident = record.get("id", f"seed_task_{line - 1}" if fmt == "jsonl" else f"seed_task_{line}")
+    ident = record.get("id", f"seed_task_{position}")
     if not isinstance(ident, (str, int)):
         issues.append(_Issue(line, "field 'id' must be a string"))
         return None
@@ -112,9 +112,9 @@ def _parse_record(record: Any, line: int, fmt: str, issues: list[_Issue]) -> See
 
 def _read(path: Path) -> tuple[list[SeedTask], list[_Issue]]:
     if not path.exists():
-        raise SeedError(f"seed file {path} does not exist; pass --seed-tasks PATH or omit it for the bundled seeds")
+        raise SeedError(f"seed file {path} does not exist; check the path (leave it out to use the bundled seeds)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is fine
     except UnicodeDecodeError as exc:
         raise SeedError(f"seed file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
@@ -129,12 +129,13 @@ def _read(path: Path) -> tuple[list[SeedTask], list[_Issue]]:
         except json.JSONDecodeError as exc:
             raise SeedError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
         for k, item in enumerate(items, 1):
-            task = _parse_record(item, k, "json", issues)
+            task = _parse_record(item, k, k - 1, issues)
             if task:
                 tasks.append(task)
         # Items of a JSON list have no line numbers; name them by position.
         issues = [_Issue(None, f"item {i.line}: {i.message}") for i in issues]
         return tasks, issues
+    position = 0
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -143,7 +144,8 @@ def _read(path: Path) -> tuple[list[SeedTask], list[_Issue]]:
         except json.JSONDecodeError as exc:
             issues.append(_Issue(number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
             continue
-        task = _parse_record(record, number, "jsonl", issues)
+        task = _parse_record(record, number, position, issues)
+        position += 1
         if task:
             tasks.append(task)
     return tasks, issues
