@@ -276,3 +276,24 @@ def test_config_change_on_resume_is_refused(tmp_path: Path, fake_server: FakeOpe
     forced = run_cli(*generate_args(out, fake_server, 12, "--temperature", "0.5", "--allow-config-change"))
     assert forced.returncode == 0, forced.stderr
     assert len(lines(out / "instructions.jsonl")) == 12
+
+
+def test_export_and_stats_commands_on_a_generated_run(tmp_path: Path, fake_server: FakeOpenAI) -> None:
+    out = tmp_path / "run"
+    assert run_cli(*generate_args(out, fake_server, 12)).returncode == 0
+    alpaca = tmp_path / "alpaca.json"
+    result = run_cli("export", str(out), "--format", "alpaca", "-o", str(alpaca))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(alpaca.read_text())
+    records = lines(out / "instructions.jsonl")
+    assert rows == [{k: r[k] for k in ("instruction", "input", "output")} for r in records]
+    sharegpt = run_cli("export", str(out), "--format", "sharegpt", "-o", "-")
+    conversations = [json.loads(line)["conversations"] for line in sharegpt.stdout.splitlines()]
+    assert [c[1]["value"] for c in conversations] == [r["output"] for r in records]
+    stats = run_cli("stats", str(out), "--json", "--plots", str(tmp_path / "plots"))
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["accepted"] == 12
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert len(pngs) == 4 and all((tmp_path / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+    missing = run_cli("export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.json"))
+    assert missing.returncode == 1 and "nope" in _one_error_line(missing.stderr)
