@@ -47,7 +47,7 @@ def _split_urls(values: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="grow a dataset of new tasks (resumable: rerun the same command)",

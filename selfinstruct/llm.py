@@ -424,9 +424,11 @@ class EndpointPool:
         # models; at hundreds of requests/s that starves the event loop. post() with a plain body
         # and cast_to=object (the decoded JSON as it is) keeps the SDK's transport, auth and error
         # classes without that cost.
-        data = await endpoint.client.post(path, cast_to=object, body=body)
+        data: Any = await endpoint.client.post(path, cast_to=object, body=body)
         try:
             choice = data["choices"][0]
+            if not isinstance(choice, dict):
+                raise TypeError("choice is not an object")
         except (KeyError, IndexError, TypeError) as exc:
             raise _Retry(ValueError(f"malformed answer: {str(data)[:200]!r}"), None, "malformed_answer") from exc
         if request.api == "chat":

@@ -134,8 +134,8 @@ def _compute(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]], lis
     accepted = read_accepted(directory)
     run = read_run(directory)
     # The generation settings: "generation" as the pipeline writes it, "config" in older layouts.
-    config = next((run[k] for k in ("generation", "config") if isinstance(run.get(k), dict)), {})
-    counters = run.get("counters") if isinstance(run.get("counters"), dict) else {}
+    config: dict[str, Any] = next((run[k] for k in ("generation", "config") if isinstance(run.get(k), dict)), {})
+    counters: dict[str, Any] = run["counters"] if isinstance(run.get("counters"), dict) else {}
     rejected_records = read_jsonl(directory / REJECTED_FILE)
 
     # Rejection counts: run.json's counters when it has them, else count rejected.jsonl.

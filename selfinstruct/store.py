@@ -89,7 +89,7 @@ def read_jsonl(path: Path, *, tolerate_torn_tail: bool = True) -> list[dict[str,
             if tolerate_torn_tail and number >= len(lines) - 1:
                 break
             raise StoreError(
-                f"{path}:{number}: not valid JSON ({exc.msg}); restore the file or delete that line"
+                f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)}); restore the file or delete that line"
             ) from exc
         if not isinstance(record, dict):
             raise StoreError(f"{path}:{number}: expected a JSON object; delete that line")
