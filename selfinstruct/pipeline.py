@@ -238,6 +238,9 @@ class _Run:
         seen = [int(r.get("request", -1)) for r in store.accepted[-1000:]]
         self._next_request = max([int(old.get("next_request", 0)), int(self.counters["requests"]), *(n + 1 for n in seen)])
         self._tokens_at_start = int(self.counters["completion_tokens"])
+        self._outstanding = 0  # requests sent whose answer is not judged yet
+        self._session_answers = 0
+        self._answered = asyncio.Event()
         self.progress = _Progress(config.progress, self.target, len(store.accepted))
 
     # -- requests ---------------------------------------------------------------------------
@@ -276,17 +279,38 @@ class _Run:
         )
         return request, len(demos) + 1
 
+    async def _until_needed(self) -> None:
+        """Hold a request back while the answers already on their way should reach the target.
+
+        Near the end, the requests in flight would otherwise be answered only to be thrown
+        away; that is GPU time the user pays for. 1.5x leaves margin for weak answers.
+        """
+        while not self.done.is_set() and self._session_answers >= 5:
+            per_answer = self.added / self._session_answers
+            remaining = self.target - len(self.store.accepted)
+            if self._outstanding * per_answer < 1.5 * remaining + 1:
+                return
+            self._answered.clear()
+            await self._answered.wait()
+
     async def worker(self) -> None:
         while not self.done.is_set():
+            await self._until_needed()
             number = self._next_request
             self._next_request += 1
             request, first_number = self._request(number)
-            completion = await self.pool.generate(request)
+            self._outstanding += 1
+            try:
+                completion = await self.pool.generate(request)
+            finally:
+                self._outstanding -= 1
+                self._answered.set()
             self.counters["requests"] += 1
             if completion is None:
                 self.counters["failed_requests"] += 1
                 continue
             if not self.done.is_set():
+                self._session_answers += 1
                 self.judge(completion, number, first_number)
 
     # -- judging ----------------------------------------------------------------------------

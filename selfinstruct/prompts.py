@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # Bump whenever any template below changes: a run on disk refuses to resume with another prompt.
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 
 NO_INPUT = "<noinput>"
 
@@ -116,7 +116,7 @@ def build_completion_prompt(demos: Sequence[_Task], *, tasks_per_prompt: int) ->
 def build_chat_messages(
     demos: Sequence[_Task], *, tasks_per_prompt: int
 ) -> list[dict[str, str]]:
-    """Messages for /v1/chat/completions: a short system role, then a user turn ending in the cue.
+    """Messages for /v1/chat/completions: one user turn (a role sentence first), ending in the cue.
 
     The user turn repeats the completion prompt and asks for the remaining tasks explicitly.
     """
@@ -132,7 +132,9 @@ def build_chat_messages(
         + _CHAT_REQUEST.format(span=span, no_input=NO_INPUT)
         + _CUE.format(n=first)
     )
-    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+    # One user turn, no system message: some chat templates (Gemma's, for one) reject the system
+    # role, and a server would then answer 400 to every request.
+    return [{"role": "user", "content": _SYSTEM + "\n\n" + user}]
 
 
 def stop_sequences(tasks_per_prompt: int) -> list[str]:
