@@ -283,12 +283,13 @@ class _Run:
         """Hold a request back while the answers already on their way should reach the target.
 
         Near the end, the requests in flight would otherwise be answered only to be thrown
-        away; that is GPU time the user pays for. 1.5x leaves margin for weak answers.
+        away; that is GPU time the user pays for. The margin (20 % and one answer) covers weak
+        answers; if they still fall short, the gate opens again as they come in.
         """
         while not self.done.is_set() and self._session_answers >= 5:
             per_answer = self.added / self._session_answers
             remaining = self.target - len(self.store.accepted)
-            if self._outstanding * per_answer < 1.5 * remaining + 1:
+            if self._outstanding * per_answer < 1.2 * remaining + per_answer:
                 return
             self._answered.clear()
             await self._answered.wait()
@@ -296,6 +297,8 @@ class _Run:
     async def worker(self) -> None:
         while not self.done.is_set():
             await self._until_needed()
+            if self.done.is_set():  # woken because the target was reached
+                return
             number = self._next_request
             self._next_request += 1
             request, first_number = self._request(number)

@@ -75,3 +75,20 @@ def test_sustained_429_shrinks_in_flight_which_recovers_afterwards(tmp_path: Pat
     assert before >= 16, seen
     assert storm_tail <= before / 4, (before, storm_tail)
     assert after >= 2 * storm_tail and after >= 8, (storm_tail, after)
+
+
+def test_requests_are_held_back_near_the_target(tmp_path: Path) -> None:
+    """With 64 slots open, the last rounds must not send 64 requests for a few missing tasks."""
+    with FakeOpenAI(latency=0.05, seed=8) as server:
+        server.set_handler(lambda ctx: Reply.default(count=10))
+        result = run_cli(
+            "generate", "-o", str(tmp_path / "run"), "-n", "2000", "-q", "--seed", "5",
+            "--base-url", server.base_url, "--concurrency", "64",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        sent = len(server.completion_requests())
+    counters = json.loads((tmp_path / "run" / "run.json").read_text())["counters"]
+    used = counters["answers"]
+    assert used >= 200  # 10 tasks an answer, a few rejected
+    # 64 in the first wave are unavoidable; after that only what the target still needs.
+    assert sent - used <= 40, (sent, used)
