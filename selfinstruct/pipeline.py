@@ -592,11 +592,17 @@ def generate(config: RunConfig) -> RunSummary:
 
     async def main() -> RunSummary:
         stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            stop.set()
+
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, _on_signal, stop, sig)
+                loop.add_signal_handler(sig, on_signal, int(sig))
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
@@ -605,7 +611,7 @@ def generate(config: RunConfig) -> RunSummary:
                 summary = await run_generation(config, stop=stop)
             else:
                 summary = await _run_embedded(config, stop)
-            summary.counters["signal"] = _received.get(id(stop))
+            summary.counters["signal"] = received[0] if received else None
             return summary
         finally:
             for sig in installed:
@@ -623,10 +629,3 @@ async def _run_embedded(config: RunConfig, stop: asyncio.Event) -> RunSummary:
     with EmbeddedServer(config.model_path, log_path=config.output_dir / "embedded-server.log") as server:
         return await run_generation(replace(config, base_urls=(server.base_url,)), stop=stop)
 
-
-_received: dict[int, int] = {}
-
-
-def _on_signal(stop: asyncio.Event, sig: int) -> None:
-    _received[id(stop)] = int(sig)
-    stop.set()
