@@ -84,8 +84,8 @@ class AdaptiveLimit:
     """How many requests one endpoint may have in flight: AIMD with slow start.
 
     Below ``ssthresh`` each success adds one (doubling per round trip); above it each success adds
-    ``1/limit`` (one per round trip). An overload signal halves the limit and sets ``ssthresh``
-    there; a latency far above the best seen cuts it by 10 %. Each cut happens at most once per
+    ``1/limit`` (one per round trip). An overload signal halves the limit; the first one of an
+    episode also sets ``ssthresh`` there. A latency far above the best seen cuts it by 10 %. Each cut happens at most once per
     round trip so that one burst of failures counts as one signal.
     """
 
@@ -135,8 +135,14 @@ class AdaptiveLimit:
         now = time.monotonic()
         if not self._can_cut(now):
             return
-        self.ssthresh = max(1.0, self.limit / 2)
-        self.limit = self.ssthresh
+        window = self._best_latency if math.isfinite(self._best_latency) else 1.0
+        if now - self._last_cut > 10 * window:
+            # First cut of an overload episode: remember half the level that worked. Later
+            # cuts in the same storm lower the limit only, so that afterwards slow start
+            # doubles back to that level within a few round trips instead of crawling up
+            # one request per round trip (minutes when answers take tens of seconds).
+            self.ssthresh = max(1.0, self.limit / 2)
+        self.limit = max(1.0, self.limit / 2)
         self._last_cut = now
         self.cuts += 1
 

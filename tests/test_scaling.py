@@ -74,7 +74,8 @@ def test_sustained_429_shrinks_in_flight_which_recovers_afterwards(tmp_path: Pat
     # The concurrency the server saw grew, collapsed under the 429s, and grew back.
     assert before >= 16, seen
     assert storm_tail <= before / 4, (before, storm_tail)
-    assert after >= 2 * storm_tail and after >= 8, (storm_tail, after)
+    # Back to at least half the level that worked before, not crawling up one slot at a time.
+    assert after >= before / 2 and after >= 2 * storm_tail, (before, storm_tail, after)
 
 
 def test_requests_are_held_back_near_the_target(tmp_path: Path) -> None:
