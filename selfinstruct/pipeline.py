@@ -199,6 +199,7 @@ class _Run:
         store: RunStore,
         pool: EndpointPool,
         generation: dict[str, Any],
+        previous: dict[str, Any],
     ) -> None:
         self.config = config
         self.generation = generation
@@ -209,7 +210,6 @@ class _Run:
         self.index = RougeLIndex(tokenizer=config.tokenizer)
         self.index.extend(t.instruction for t in seeds)
         self.index.extend(r["instruction"] for r in store.accepted)
-        previous = store.read_run()
         self.counters: dict[str, Any] = {
             "requests": 0,
             "failed_requests": 0,
@@ -545,7 +545,7 @@ async def _run(
             f"{config.output_dir} was generated with other settings ({changes}); resume with the "
             "original settings, pass --allow-config-change to continue anyway, or use a new --output-dir"
         )
-    run = _Run(config, seeds, store, pool, generation)
+    run = _Run(config, seeds, store, pool, generation, previous)
     if len(store.accepted) >= run.target:
         run.save("done")
         return run.summary("done")
