@@ -96,6 +96,7 @@ class AdaptiveLimit:
         self.ssthresh = float(self.maximum)
         self.peak = self.limit
         self._best_latency = math.inf
+        self._best_per_token = math.inf
         self._last_cut = 0.0
         self.cuts = 0
 
@@ -113,8 +114,7 @@ class AdaptiveLimit:
         # Per token, so long answers do not look like congestion.
         per_token = latency / max(tokens, 1)
         self._best_latency = min(self._best_latency, latency)
-        baseline = getattr(self, "_best_per_token", math.inf)
-        self._best_per_token = min(baseline, per_token)
+        self._best_per_token = min(self._best_per_token, per_token)
         now = time.monotonic()
         if per_token > 3.0 * self._best_per_token and self.limit > 1 and self._can_cut(now):
             self.ssthresh = max(1.0, self.limit * 0.9)
@@ -284,18 +284,12 @@ class EndpointPool:
         self._changed = asyncio.Condition()
         self._last_success = time.monotonic()
         self._last_error: str | None = None
-        self.retries = 0
 
     # -- capacity ---------------------------------------------------------------------------
 
     @property
     def urls(self) -> list[str]:
         return [e.url for e in self._endpoints]
-
-    def capacity(self) -> int:
-        """Requests the pool would accept in flight right now (rested endpoints excluded)."""
-        now = time.monotonic()
-        return sum(e.limit.value for e in self._endpoints if e.rested_until <= now)
 
     def max_capacity(self) -> int:
         return sum(e.limit.maximum for e in self._endpoints)
@@ -521,7 +515,6 @@ class EndpointPool:
             retry=retry_if_exception(lambda e: isinstance(e, _Retry)),
             wait=_WaitRetryAfter(self.backoff_base, self.backoff_cap),
             stop=stop_after_attempt(self.max_attempts),
-            before_sleep=self._before_sleep,
             reraise=True,
         )
         try:
@@ -534,21 +527,8 @@ class EndpointPool:
             return None
         return None  # pragma: no cover - AsyncRetrying always returns or raises
 
-    def _before_sleep(self, retry_state: RetryCallState) -> None:
-        self.retries += 1
-
     def stats(self) -> dict[str, dict[str, Any]]:
         return {redact_url(e.url): e.stats() for e in self._endpoints}
-
-    def usage(self) -> tuple[int, int]:
-        return (
-            sum(e.prompt_tokens for e in self._endpoints),
-            sum(e.completion_tokens for e in self._endpoints),
-        )
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     async def aclose(self) -> None:
         for endpoint in self._endpoints:

@@ -180,10 +180,6 @@ class _Progress:
                 self.bar.update(added)
             self.bar.set_postfix_str(postfix, refresh=False)
 
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message)
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -226,7 +222,6 @@ class _Run:
         for key in self.counters:
             if key in old:
                 self.counters[key] = dict(old[key]) if isinstance(old[key], dict) else old[key]
-        self.counters["session_candidates"] = 0
         self.elapsed_before = float(previous.get("elapsed_seconds", 0.0))
         self.started = time.monotonic()
         self.created = previous.get("created", _now())
@@ -240,12 +235,13 @@ class _Run:
         self._tokens_at_start = int(self.counters["completion_tokens"])
         self._outstanding = 0  # requests sent whose answer is not judged yet
         self._session_answers = 0
+        self.session_candidates = 0  # for this session's accept rate
         self._answered = asyncio.Event()
         self.progress = _Progress(config.progress, self.target, len(store.accepted))
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _demos(self, request_number: int) -> list[Candidate | SeedTask]:
+    def _demos(self, request_number: int) -> list[Candidate]:
         # Seeded per request number, so a resumed run samples what an uninterrupted one would.
         rng = random.Random(f"{self.config.seed}:{request_number}") if self.config.seed is not None else random.Random()
         machine = min(self.config.machine_demos, len(self.store.accepted))
@@ -253,7 +249,7 @@ class _Run:
             Candidate(r["instruction"], r.get("input", ""), r.get("output", ""))
             for r in rng.sample(self.store.accepted, machine)
         ]
-        picked_seeds: list[Candidate | SeedTask] = []
+        picked_seeds: list[Candidate] = []
         for task in rng.sample(self.seeds, min(len(self.seeds), self.config.num_prompt_instructions - machine)):
             inp, out = rng.choice(task.instances)
             picked_seeds.append(Candidate(task.instruction, inp, out))
@@ -356,7 +352,7 @@ class _Run:
                 c["surplus"] += 1
                 continue
             c["candidates"] += 1
-            c["session_candidates"] += 1
+            self.session_candidates += 1
             failed = check_candidate(candidate, self.config.filters)
             if failed:
                 self._reject(candidate, failed[0], failed[1], number)
@@ -401,7 +397,7 @@ class _Run:
 
     def _postfix(self) -> str:
         c = self.counters
-        rate = self.added / max(1, c["session_candidates"])
+        rate = self.added / max(1, self.session_candidates)
         elapsed = max(1e-9, time.monotonic() - self.started)
         tokens = c["completion_tokens"] - self._tokens_at_start
         rejected: Counter[str] = Counter(c["rejected"])
@@ -418,7 +414,7 @@ class _Run:
 
     def save(self, status: Status, error: str | None = None) -> None:
         self.store.sync()
-        counters = {k: v for k, v in self.counters.items() if k != "session_candidates"}
+        counters = dict(self.counters)
         counters["next_request"] = self._next_request
         counters["accepted"] = len(self.store.accepted)
         counters["rejected_total"] = sum(counters["rejected"].values())
@@ -447,6 +443,7 @@ class _Run:
 
     def summary(self, status: Status, error: str | None = None) -> RunSummary:
         counters = dict(self.counters)
+        counters["session_candidates"] = self.session_candidates
         counters["accepted"] = len(self.store.accepted)
         return RunSummary(
             output_dir=self.config.output_dir,

@@ -136,8 +136,6 @@ class RunStore:
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(out_dir)
         self.accepted: list[dict[str, Any]] = []
-        self.rejected_count = 0
-        self.repaired_bytes = 0
         self._lock_fh: IO[str] | None = None
         self._accepted_fh: IO[str] | None = None
         self._rejected_fh: IO[str] | None = None
@@ -172,9 +170,9 @@ class RunStore:
         for stale in self.dir.glob(".run-*.json"):  # a crash during write_run leaves its temp file
             stale.unlink(missing_ok=True)
         try:
-            self.repaired_bytes = _cut_torn_tail(self.accepted_path) + _cut_torn_tail(self.rejected_path)
+            _cut_torn_tail(self.accepted_path)
+            _cut_torn_tail(self.rejected_path)
             self.accepted = read_jsonl(self.accepted_path, tolerate_torn_tail=False)
-            self.rejected_count = len(read_jsonl(self.rejected_path, tolerate_torn_tail=False))
             self._accepted_fh = self.accepted_path.open("a", encoding="utf-8")
             self._rejected_fh = self.rejected_path.open("a", encoding="utf-8")
         except BaseException:
@@ -230,7 +228,6 @@ class RunStore:
         if self._rejected_fh is None:
             raise StoreError("the store is not open")
         self._rejected_fh.write(_dumps(record))
-        self.rejected_count += 1
 
     def sync(self) -> None:
         """Push both files to stable storage (survives power loss, not only a crash)."""
