@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .config import default
 from .errors import SelfInstructError
 from .filters import DEFAULT_BLACKLIST, FILTER_NAMES, FilterConfig
 
@@ -40,6 +42,12 @@ def _concurrency(value: str) -> int | None:
     return number
 
 
+def _directory(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty; name a directory")
+    return Path(value)
+
+
 def _split_urls(values: Sequence[str] | None) -> tuple[str, ...]:
     urls: list[str] = []
     for value in values or ():
@@ -54,8 +62,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         description="Grow a dataset of new tasks from seed tasks. Killed or interrupted, the same "
         "command resumes where it stopped.",
     )
-    p.add_argument("-o", "--output-dir", required=True, type=Path, help="run directory (created; reused to resume)")
-    p.add_argument("-n", "--num-instructions", type=int, default=100, help="target number of accepted tasks (default 100)")
+    p.add_argument("-o", "--output-dir", required=True, type=_directory, help="run directory (created; reused to resume)")
+    p.add_argument(
+        "-n", "--num-instructions", type=int, default=default("num_instructions"),
+        help="target number of accepted tasks (default %(default)s); raise it later to grow the dataset",
+    )  # fmt: skip
     p.add_argument("--seed-tasks", type=Path, help="seed file: Self-Instruct JSONL or Alpaca JSON/JSONL (default: bundled)")
     server = p.add_argument_group("model server")
     server.add_argument(
@@ -75,24 +86,33 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--concurrency", type=_concurrency, default=None, metavar="K|auto",
         help="requests in flight per endpoint: a number, or auto (default; adapts to the server; 1 on the embedded model)",
     )  # fmt: skip
-    server.add_argument("--max-concurrency", type=int, default=128, help="upper bound for auto concurrency (default 128)")
-    server.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    server.add_argument("--max-attempts", type=int, default=8, help="attempts per request before it is dropped (default 8)")
-    server.add_argument("--retry-wait", type=float, default=1.0, help="first retry wait in seconds, doubled per attempt (default 1)")
-    server.add_argument("--retry-wait-max", type=float, default=60.0, help="longest retry wait (default 60); Retry-After wins")
+    server.add_argument("--max-concurrency", type=int, default=default("max_concurrency"), help="upper bound for auto concurrency (default %(default)s)")
+    server.add_argument("--request-timeout", type=float, default=default("request_timeout"), help="seconds a whole request may take (default %(default)s)")
+    server.add_argument("--max-attempts", type=int, default=default("max_attempts"), help="attempts per request before it is dropped (default %(default)s)")
+    server.add_argument("--retry-wait", type=float, default=default("retry_wait"), help="first retry wait in seconds, doubled per attempt (default %(default)s)")
+    server.add_argument("--retry-wait-max", type=float, default=default("retry_wait_max"), help="longest retry wait (default %(default)s); Retry-After wins")
     server.add_argument(
-        "--give-up-after", type=float, default=600.0,
-        help="stop when no server has answered for this many seconds (default 600)",
+        "--give-up-after", type=float, default=default("give_up_after"),
+        help="stop when no server has answered, or no task was accepted, for this many seconds (default %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
+        "--max-fruitless-answers", type=int, default=default("max_fruitless_answers"),
+        help="stop after this many answers in a row gave no usable task (default %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
+        "--max-consecutive-bad-requests", type=int, default=default("max_consecutive_bad_requests"),
+        help="one 400/422 drops that request only; the same one on this many requests in a row stops the job "
+        "(default %(default)s)",
     )  # fmt: skip
     gen = p.add_argument_group("generation (fixed for a run; see --allow-config-change)")
-    gen.add_argument("--num-prompt-instructions", type=int, default=3, help="demonstrations per prompt (default 3)")
-    gen.add_argument("--machine-demos", type=int, default=0, help="how many demos come from accepted tasks (default 0)")
-    gen.add_argument("--tasks-per-prompt", type=int, default=20, help="list length asked for, demos included (default 20)")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--num-prompt-instructions", type=int, default=default("num_prompt_instructions"), help="demonstrations per prompt (default %(default)s)")
+    gen.add_argument("--machine-demos", type=int, default=default("machine_demos"), help="how many demos come from accepted tasks (default %(default)s)")
+    gen.add_argument("--tasks-per-prompt", type=int, default=default("tasks_per_prompt"), help="list length asked for, demos included (default %(default)s)")
+    gen.add_argument("--temperature", type=float, default=default("temperature"), help="sampling temperature, 0 to 2 (default %(default)s)")
+    gen.add_argument("--top-p", type=float, default=default("top_p"), help="nucleus sampling mass, above 0 up to 1 (default %(default)s)")
     gen.add_argument("--max-tokens", type=int, help="tokens per answer (default 3072; 1024 on the embedded model)")
-    gen.add_argument("--similarity-threshold", type=float, default=0.7, help="reject at ROUGE-L F above this (default 0.7)")
-    gen.add_argument("--tokenizer", choices=("rouge", "unicode"), default="rouge", help="ROUGE-L tokenizer (default rouge)")
+    gen.add_argument("--similarity-threshold", type=float, default=default("similarity_threshold"), help="reject at ROUGE-L F above this (default %(default)s)")
+    gen.add_argument("--tokenizer", choices=("rouge", "unicode"), default=default("tokenizer"), help="ROUGE-L tokenizer (default %(default)s; unicode for non-English text)")
     gen.add_argument("--seed", type=int, help="make demo sampling reproducible")
     filt = p.add_argument_group("filters")
     filt.add_argument("--min-words", type=int, default=4, help="shortest instruction kept, in words (default 4)")
@@ -122,7 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-meta", action="store_true", help="keep provenance fields (alpaca formats)")
 
     p = sub.add_parser("stats", help="report statistics of a run (and plot them)")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="run directory of `generate`")
     p.add_argument("--plots", type=Path, metavar="DIR", help="also write PNG plots into DIR")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
@@ -144,12 +164,38 @@ def _filters(args: argparse.Namespace) -> FilterConfig:
     )
 
 
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command to rerun, with the API key and URL credentials left out (never printed)."""
+    from .llm import redact_url
+
+    words: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            words.append('"$OPENAI_API_KEY"')
+            continue
+        if arg == "--api-key":
+            words.append(arg)
+            skip_next = True
+        elif arg.startswith("--api-key="):
+            words.append('--api-key="$OPENAI_API_KEY"')
+        elif "://" in arg:
+            words.append(shlex.quote(",".join(redact_url(u) for u in arg.split(","))))
+        else:
+            words.append(shlex.quote(arg))
+    line = "selfinstruct " + " ".join(words)
+    if '"$OPENAI_API_KEY"' in line:
+        line += "   (with your key in OPENAI_API_KEY)"
+    return line
+
+
 def _run_generate(args: argparse.Namespace) -> int:
-    from .pipeline import RunConfig, generate
+    from .config import RunConfig
+    from .runner import generate
 
     urls = _split_urls(args.base_url) or _split_urls([os.environ.get("OPENAI_BASE_URL", "")])
-    embedded = not urls
-    if embedded:
+    if not urls:
         print(EMBEDDED_NOTE, file=sys.stderr)
     config = RunConfig(
         output_dir=args.output_dir,
@@ -159,15 +205,15 @@ def _run_generate(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         model=args.model,
         model_path=args.model_path,
-        api=args.api or ("completions" if embedded else "chat"),
-        concurrency=args.concurrency if args.concurrency is not None else (1 if embedded else None),
+        api=args.api,
+        concurrency=args.concurrency,
         max_concurrency=args.max_concurrency,
         num_prompt_instructions=args.num_prompt_instructions,
         machine_demos=args.machine_demos,
         tasks_per_prompt=args.tasks_per_prompt,
         temperature=args.temperature,
         top_p=args.top_p,
-        max_tokens=args.max_tokens if args.max_tokens is not None else (1024 if embedded else 3072),
+        max_tokens=args.max_tokens,
         similarity_threshold=args.similarity_threshold,
         tokenizer=args.tokenizer,
         seed=args.seed,
@@ -179,15 +225,15 @@ def _run_generate(args: argparse.Namespace) -> int:
         retry_wait=args.retry_wait,
         retry_wait_max=args.retry_wait_max,
         give_up_after=args.give_up_after,
+        max_fruitless_answers=args.max_fruitless_answers,
+        max_consecutive_bad_requests=args.max_consecutive_bad_requests,
         progress=not args.quiet,
     )
     summary = generate(config)
     print(summary.format(), file=sys.stderr)
     if summary.status == "interrupted":
-        again = " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "generate ..."
-        print(f"Interrupted. Resume with the same command: selfinstruct {again}", file=sys.stderr)
-        sig = summary.counters.get("signal")
-        return 128 + int(sig) if sig else 130
+        print(f"Interrupted. Resume with the same command: {_resume_command(sys.argv[1:])}", file=sys.stderr)
+        return 128 + summary.signal if summary.signal else 128 + signal.SIGINT
     return 0
 
 
@@ -219,10 +265,26 @@ def _run_seeds_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"selfinstruct: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("selfinstruct")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLine())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats}
     try:
+        args = _build_parser().parse_args(argv)
+        _setup_logging()
+        handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats}
         if args.command == "seeds":
             return _run_seeds_check(args)
         return handlers[args.command](args)
@@ -237,4 +299,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except BrokenPipeError:
         return 0
-

@@ -27,6 +27,7 @@ one request at a time, reports request validation errors as HTTP 500, and treats
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import importlib.util
 import json
@@ -41,7 +42,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 from selfinstruct.errors import ConfigError, ServerUnreachable
 
@@ -269,9 +270,37 @@ class EmbeddedServer:
         ``ServerUnreachable`` (with the last log lines) when the server exits or does not get
         ready within ``startup_timeout`` seconds. Nothing is left running after an error.
         """
+        steps = self._starting()
+        try:
+            port = next(steps)
+            while True:
+                port = steps.send(self._wait_ready(port))
+        except StopIteration:
+            return self
+
+    async def astart(self) -> EmbeddedServer:
+        """``start()`` for an event loop: waits without blocking it, so Ctrl-C is served at once.
+
+        Cancelling it stops the server it was starting.
+        """
+        steps = self._starting()
+        try:
+            port = next(steps)
+            while True:
+                try:
+                    outcome = await self._await_ready(port)
+                except BaseException as exc:
+                    steps.throw(exc)  # kills the half-started server, then re-raises
+                    raise
+                port = steps.send(outcome)
+        except StopIteration:
+            return self
+
+    def _starting(self) -> Generator[int, str | None, None]:
+        """The start-up steps shared by start() and astart(): yields a port to wait for, gets the outcome."""
         if self._proc is not None:
             if self._proc.poll() is None:
-                return self
+                return
             self.stop()
         model = self._resolve_model()
         _check_server_modules()
@@ -280,10 +309,10 @@ class EmbeddedServer:
             for attempt in range(2):
                 port = _free_port()
                 self._launch(model, port)
-                outcome = self._wait_ready(port)
+                outcome = yield port
                 if outcome is None:
                     self._ready = True
-                    return self
+                    return
                 tail = _read_tail(self._log_path_checked(), self._log_offset)
                 self._kill()
                 # Another process can grab the port between our probe and the server's bind.
@@ -393,36 +422,51 @@ class EmbeddedServer:
 
     def _wait_ready(self, port: int) -> str | None:
         """None once /v1/models answers 200; otherwise a sentence saying what went wrong."""
-        proc = self._proc
-        assert proc is not None
-        url = f"http://{_HOST}:{port}/v1/models"
-        # Never route the loopback probe through an HTTP(S)_PROXY from the environment.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + self._startup_timeout
         delay = 0.05
         while True:
-            if proc.poll() is not None:
-                return f"the embedded llama.cpp server exited with code {proc.returncode} before it was ready"
-            # A short timeout: a ready server answers in milliseconds, and a stranger squatting
-            # on the port may accept the connection and never reply.
-            probe_timeout = max(0.1, min(1.0, deadline - time.monotonic()))
-            try:
-                with opener.open(url, timeout=probe_timeout) as resp:
-                    body = resp.read()
-                    status = resp.status
-            except (urllib.error.URLError, OSError):
-                status = None
-            if status == 200 and proc.poll() is None:
-                self._model_id = self._reported_model(body) or self._model_id
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return (
-                    f"the embedded llama.cpp server did not answer {url} "
-                    f"within {self._startup_timeout:g} s"
-                )
-            time.sleep(min(delay, remaining))
+            outcome = self._probe_ready(port, deadline)
+            if not isinstance(outcome, float):
+                return outcome
+            time.sleep(min(delay, outcome))
             delay = min(delay * 1.5, 0.5)
+
+    async def _await_ready(self, port: int) -> str | None:
+        deadline = time.monotonic() + self._startup_timeout
+        delay = 0.05
+        while True:
+            outcome = self._probe_ready(port, deadline)
+            if not isinstance(outcome, float):
+                return outcome
+            await asyncio.sleep(min(delay, outcome))
+            delay = min(delay * 1.5, 0.5)
+
+    def _probe_ready(self, port: int, deadline: float) -> str | None | float:
+        """One look at the server: None when ready, a sentence when it never will be, else the
+        seconds left to wait."""
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is not None:
+            return f"the embedded llama.cpp server exited with code {proc.returncode} before it was ready"
+        url = f"http://{_HOST}:{port}/v1/models"
+        # Never route the loopback probe through an HTTP(S)_PROXY from the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # A short timeout: a ready server answers in milliseconds, and a stranger squatting on the
+        # port may accept the connection and never reply.
+        probe_timeout = max(0.1, min(1.0, deadline - time.monotonic()))
+        try:
+            with opener.open(url, timeout=probe_timeout) as resp:
+                body = resp.read()
+                status = resp.status
+        except (urllib.error.URLError, OSError):
+            status = None
+        if status == 200 and proc.poll() is None:
+            self._model_id = self._reported_model(body) or self._model_id
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return f"the embedded llama.cpp server did not answer {url} within {self._startup_timeout:g} s"
+        return float(remaining)
 
     @staticmethod
     def _reported_model(body: bytes) -> str | None:

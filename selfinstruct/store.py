@@ -1,144 +1,427 @@
-"""The run directory on disk: append-only JSONL files plus a small ``run.json``.
+"""The run directory on disk: append-only JSONL files, the settings they were made with, and ``run.json``.
 
 Layout of ``DIR``::
 
-    instructions.jsonl   one accepted task a line; the source of truth for the count
-    rejected.jsonl       one rejected candidate (or unparseable answer) a line, with ``reason``
-    run.json             config, fingerprint, counters, token usage (rewritten atomically)
+    instructions.jsonl   accepted tasks, one a line: the dataset and the source of truth for the count
+    rejected.jsonl       rejected candidates (and unparseable answers), with ``reason``
+    requests.jsonl       one line per request answered or given up on: tokens, failures
+    settings.json        the generation settings of the run (and of each change allowed later)
+    run.json             status, counters and a checkpoint; rebuilt from the files when lost
+    *.quarantine         unreadable lines moved out of a file, byte for byte
     .lock                held with flock while a ``generate`` runs
 
-Every line is written with a single ``write`` and flushed before the task counts, so a crash can at
-worst leave one torn last line; opening the store cuts it off. Nothing is ever rewritten in place.
+Rules that keep a crash (SIGKILL, power cut, full disk) from losing or duplicating anything:
+
+* Every line is appended whole and flushed before the next step counts it; nothing is rewritten
+  in place. A crash leaves at most a torn last line.
+* Opening repairs: a torn tail is cut back to the last newline however far that is (a complete
+  JSON record that only lacks its newline is kept); an unreadable line is moved to the file's
+  ``.quarantine`` with a notice, never dropped, never taking good lines with it.
+* Counters are derived from the files. ``run.json`` keeps a checkpoint (byte offsets and the
+  counts up to them) so a resume reads only what was appended since.
+* Task ids and request numbers continue from the highest ever written (max, not count).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .errors import LockedError, StoreError
+from .records import (
+    SCHEMA_VERSION,
+    AcceptedTask,
+    Counters,
+    RecordError,
+    Rejection,
+    RequestRecord,
+)
 
 __all__ = [
     "ACCEPTED_FILE",
     "REJECTED_FILE",
+    "REQUESTS_FILE",
     "RUN_FILE",
-    "SCHEMA_VERSION",
+    "SETTINGS_FILE",
     "RunStore",
     "read_accepted",
-    "read_jsonl",
+    "read_accepted_records",
     "read_run",
+    "scan_counters",
+    "settings_fingerprint",
 ]
 
-SCHEMA_VERSION = 1
 ACCEPTED_FILE = "instructions.jsonl"
 REJECTED_FILE = "rejected.jsonl"
+REQUESTS_FILE = "requests.jsonl"
 RUN_FILE = "run.json"
+SETTINGS_FILE = "settings.json"
 LOCK_FILE = ".lock"
+QUARANTINE_SUFFIX = ".quarantine"
+
+log = logging.getLogger("selfinstruct")
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TASK_NUMBER = re.compile(r"^task-(\d+)$")
+_CHUNK = 1 << 20
+_CHECK_BYTES = 64
+
+R = TypeVar("R")
 
 
-def _cut_torn_tail(path: Path) -> int:
-    """Truncate an unfinished last line (no newline, or not JSON); return bytes removed."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with path.open("rb+") as fh:
-        # The torn part is at most one line; read back far enough to find the previous newline.
-        chunk = min(size, 1 << 20)
-        fh.seek(size - chunk)
-        tail = fh.read(chunk)
-        keep = size
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            keep = size - chunk + cut + 1 if cut >= 0 else 0
-        else:
-            # Complete last line: cut it only if it is not valid JSON (written partly, then a newline).
-            body = tail[:-1]
-            start = body.rfind(b"\n") + 1
-            try:
-                json.loads(body[start:])
-            except ValueError:
-                keep = size - chunk + start
-        if keep < size:
-            fh.truncate(keep)
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """A short stable hash of generation settings, stamped on every record made with them."""
+    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# -- OS errors ----------------------------------------------------------------------------------
+
+
+def os_error(exc: OSError, path: Path, doing: str) -> StoreError:
+    """One line naming the path, what failed and what to do about it."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free disk space (or raise the quota / file size limit), then rerun the same command to resume"
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = "check the permissions of the directory and its files, or choose another --output-dir"
+    elif code == errno.EROFS:
+        fix = "the file system is read-only; choose another --output-dir"
+    elif code in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        fix = "a file and a directory are in each other's place; choose another --output-dir"
+    else:
+        fix = "check the output directory, then rerun the same command to resume"
+    reason = exc.strerror or str(exc)
+    return StoreError(f"cannot {doing} {path}: {reason}; {fix}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "surrogatepass")
+
+
+def _write_json_atomically(path: Path, data: Any) -> None:
+    """Temp file, fsync, rename, fsync the directory: the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=2)
+            fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-    return size - keep
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; these files hold no secret
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def read_jsonl(path: Path, *, tolerate_torn_tail: bool = True) -> list[dict[str, Any]]:
-    """Read a JSONL file written by the store. A torn last line (crash mid-write) is skipped."""
+# -- repair ------------------------------------------------------------------------------------
+
+
+def _last_newline(fh: IO[bytes], size: int) -> int:
+    """Offset of the last b"\\n" in the file, or -1; reads backwards in chunks, however far."""
+    end = size
+    while end > 0:
+        start = max(0, end - _CHUNK)
+        fh.seek(start)
+        found = fh.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        end = start
+    return -1
+
+
+def _quarantine(path: Path, lines: list[bytes]) -> Path:
+    """Append the raw lines to PATH.quarantine and push them to disk before anything is removed."""
+    target = path.with_name(path.name + QUARANTINE_SUFFIX)
+    with target.open("ab") as fh:
+        for raw in lines:
+            fh.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return target
+
+
+def _repair_tail(path: Path, notices: list[str]) -> None:
+    """Make the file end in a newline without losing a complete record."""
+    if not path.exists():
+        return
+    with path.open("rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        cut = _last_newline(fh, size) + 1
+        fh.seek(cut)
+        tail = fh.read()
+        try:
+            complete = isinstance(json.loads(tail), dict)
+        except ValueError:
+            complete = False
+        if complete:
+            # A whole record that only lacks its newline (an editor saved the file): keep it.
+            fh.seek(size)
+            fh.write(b"\n")
+        else:
+            if tail.strip(b"\x00 \t\r\n"):
+                moved = _quarantine(path, [tail])
+                notices.append(
+                    f"{path.name}: moved an unfinished last line ({len(tail)} bytes, left by a crash) to {moved.name}"
+                )
+            else:
+                notices.append(f"{path.name}: cut {len(tail)} bytes of zeros or blanks left at its end by a crash")
+            fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_records(
+    path: Path,
+    parse: Callable[[Any], R],
+    *,
+    offset: int = 0,
+    first_line: int = 1,
+    repair: bool,
+    notices: list[str],
+) -> list[R]:
+    """Records of PATH from byte ``offset``. Unreadable lines are moved to quarantine (``repair``)
+    or skipped with a notice (read-only views of a run that may be writing)."""
     if not path.exists():
         return []
-    records: list[dict[str, Any]] = []
-    lines = path.read_bytes().split(b"\n")
-    for number, raw in enumerate(lines, 1):
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    elif raw_lines and not repair:
+        raw_lines.pop()  # a line still being written (or torn): not ours to judge yet
+    records: list[R] = []
+    bad: list[tuple[int, bytes, str]] = []
+    for number, raw in enumerate(raw_lines, first_line):
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            if tolerate_torn_tail and number >= len(lines) - 1:
-                break
-            raise StoreError(
-                f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)}); restore the file or delete that line"
-            ) from exc
-        if not isinstance(record, dict):
-            raise StoreError(f"{path}:{number}: expected a JSON object; delete that line")
-        records.append(record)
+            records.append(parse(json.loads(raw)))
+        except (ValueError, RecordError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            bad.append((number, raw, why))
+    if not bad:
+        return records
+    where = ", ".join(str(n) for n, _, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    first_why = bad[0][2]
+    if "newer selfinstruct" in first_why:
+        raise StoreError(f"{path}:{bad[0][0]}: {first_why}")
+    if not repair:
+        notices.append(f"{path.name}: skipped {len(bad)} unreadable line(s) (line {where}: {first_why})")
+        return records
+    moved = _quarantine(path, [raw for _, raw, _ in bad])
+    _rewrite_without(path, offset, {n - first_line for n, _, _ in bad}, raw_lines)
+    notices.append(
+        f"{path.name}: moved {len(bad)} unreadable line(s) (line {where}: {first_why}) to {moved.name}; "
+        f"the other lines are kept. Look at them there; nothing else is needed"
+    )
+    return records
+
+
+def _rewrite_without(path: Path, offset: int, drop: set[int], raw_lines: list[bytes]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            remaining = offset
+            while remaining:  # the part before offset was read earlier and is known good
+                chunk = src.read(min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                out.write(chunk)
+                remaining -= len(chunk)
+            for i, raw in enumerate(raw_lines):
+                if i not in drop:
+                    out.write(raw + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_check(path: Path, offset: int) -> str | None:
+    """Hash of the bytes just before ``offset``: tells whether a checkpoint still fits the file."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size < offset:
+                return None
+            start = max(0, offset - _CHECK_BYTES)
+            fh.seek(start)
+            return hashlib.sha256(fh.read(offset - start)).hexdigest()[:16]
+    except FileNotFoundError:
+        return hashlib.sha256(b"").hexdigest()[:16] if offset == 0 else None
+
+
+# -- read-only views ------------------------------------------------------------------------------
+
+
+def read_run(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``run.json`` of a run directory, or ``{}`` when there is none (or it is unreadable)."""
+    path = Path(out_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    except OSError as exc:
+        raise os_error(exc, path, "read") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _check_run_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        raise StoreError(f"{directory} is not a directory; pass the --output-dir of a generate run")
+    if not (directory / ACCEPTED_FILE).exists():
+        raise StoreError(
+            f"{directory / ACCEPTED_FILE} does not exist; is {directory} the output of `selfinstruct generate`?"
+        )
+
+
+def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]:
+    """The accepted tasks of a run directory, in order. Safe while a run is writing it."""
+    directory = Path(out_dir)
+    _check_run_dir(directory)
+    notices: list[str] = []
+    try:
+        records = _read_records(directory / ACCEPTED_FILE, AcceptedTask.from_json, repair=False, notices=notices)
+    except OSError as exc:
+        raise os_error(exc, directory / ACCEPTED_FILE, "read") from exc
+    for notice in notices:
+        log.warning(notice)
     return records
 
 
 def read_accepted(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The accepted tasks of a run directory, in the order they were accepted."""
+    """The accepted tasks as plain JSON objects (the shape of ``instructions.jsonl``)."""
+    return [r.to_json() for r in read_accepted_records(out_dir)]
+
+
+def read_rejections(out_dir: str | os.PathLike[str]) -> list[Rejection]:
+    path = Path(out_dir) / REJECTED_FILE
+    notices: list[str] = []
+    records = _read_records(path, Rejection.from_json, repair=False, notices=notices)
+    for notice in notices:
+        log.warning(notice)
+    return records
+
+
+def scan_counters(out_dir: str | os.PathLike[str]) -> Counters:
+    """The run's counters, counted from its files (not from run.json, which a crash leaves behind)."""
     directory = Path(out_dir)
-    path = directory / ACCEPTED_FILE
-    if not directory.is_dir():
-        raise StoreError(f"{directory} is not a directory; pass the --output-dir of a generate run")
-    if not path.exists():
-        raise StoreError(f"{path} does not exist; is {directory} the output of `selfinstruct generate`?")
-    return read_jsonl(path)
+    _check_run_dir(directory)
+    notices: list[str] = []
+    counters = Counters()
+    counters.accepted = len(_read_records(directory / ACCEPTED_FILE, lambda d: d, repair=False, notices=notices))
+    for rejection in _read_records(directory / REJECTED_FILE, Rejection.from_json, repair=False, notices=notices):
+        counters.add_rejection(rejection)
+    requests = _read_records(directory / REQUESTS_FILE, RequestRecord.from_json, repair=False, notices=notices)
+    if requests:
+        for record in requests:
+            counters.add_request(record)
+    else:
+        _add_legacy_counters(counters, read_run(directory))
+    for notice in notices:
+        log.warning(notice)
+    return counters
 
 
-def read_run(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``run.json`` of a run directory, or ``{}`` when there is none yet."""
-    path = Path(out_dir) / RUN_FILE
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise StoreError(f"{path} is not valid JSON ({exc}); delete it to start its counters afresh") from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"{path} does not hold a JSON object; delete it to start its counters afresh")
-    return data
+_LEGACY_KEYS = (
+    "requests",
+    "answers",
+    "failed_requests",
+    "incomplete_tasks",
+    "surplus",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
-def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+def _legacy_carried(run: dict[str, Any]) -> dict[str, int] | None:
+    """Request counters of a run.json written before requests.jsonl existed."""
+    old = run.get("counters")
+    if not isinstance(old, dict):
+        return None
+    carried = {
+        k: int(v) for k in _LEGACY_KEYS if isinstance(v := old.get(k), int) and not isinstance(v, bool) and v > 0
+    }
+    return carried or None
+
+
+def _add_legacy_counters(counters: Counters, run: dict[str, Any]) -> None:
+    carried = _legacy_carried(run)
+    if carried:
+        counters.add_request(RequestRecord(request=-1, outcome="carried_over", carried=carried))
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """What the store knows of the two files it does not keep in memory."""
+
+    counters: Counters
+    max_request: int
 
 
 class RunStore:
     """Exclusive, append-only access to one run directory (a context manager).
 
-    ``open()`` takes the lock, repairs torn tails and loads what is there; ``append_*`` write one
-    line each and flush it, so a record is on disk (in the OS) before the caller counts it.
+    ``open()`` takes the lock, repairs the files and loads the accepted tasks and the counters;
+    ``commit()`` appends one answer's records and flushes them, so they are in the OS (safe from
+    a crash of this process) before it returns. ``sync()`` pushes them to stable storage.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(out_dir)
-        self.accepted: list[dict[str, Any]] = []
+        self.accepted: list[AcceptedTask] = []
+        self.counters = Counters()
+        self.notices: list[str] = []  # repairs made while opening, for the user to read
+        self.next_request = 0
+        self.next_task_number = 0
+        self.previous_run: dict[str, Any] = {}
         self._lock_fh: IO[str] | None = None
-        self._accepted_fh: IO[str] | None = None
-        self._rejected_fh: IO[str] | None = None
+        self._files: dict[str, IO[bytes]] = {}
+        self._lines: dict[str, int] = {}  # lines in the two files not kept in memory, for the checkpoint
 
     def __enter__(self) -> RunStore:
         self.open()
@@ -147,50 +430,139 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def accepted_path(self) -> Path:
-        return self.dir / ACCEPTED_FILE
+    def path(self, name: str) -> Path:
+        return self.dir / name
 
-    @property
-    def rejected_path(self) -> Path:
-        return self.dir / REJECTED_FILE
-
-    @property
-    def run_path(self) -> Path:
-        return self.dir / RUN_FILE
+    # -- opening --------------------------------------------------------------------------------
 
     def open(self) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise StoreError(f"{self.dir} exists and is not a directory; choose another --output-dir") from exc
         except OSError as exc:
-            raise StoreError(f"cannot create output directory {self.dir}: {exc.strerror}") from exc
+            raise os_error(exc, self.dir, "create the output directory") from exc
         if not self.dir.is_dir():
             raise StoreError(f"{self.dir} exists and is not a directory; choose another --output-dir")
         self._take_lock()
-        for stale in self.dir.glob(".run-*.json"):  # a crash during write_run leaves its temp file
-            stale.unlink(missing_ok=True)
         try:
-            _cut_torn_tail(self.accepted_path)
-            _cut_torn_tail(self.rejected_path)
-            self.accepted = read_jsonl(self.accepted_path, tolerate_torn_tail=False)
-            self._accepted_fh = self.accepted_path.open("a", encoding="utf-8")
-            self._rejected_fh = self.rejected_path.open("a", encoding="utf-8")
+            self._load()
+        except OSError as exc:
+            self.close()
+            raise os_error(exc, Path(exc.filename or self.dir), "read or repair") from exc
         except BaseException:
             self.close()
             raise
+
+    def _load(self) -> None:
+        for stale in (*self.dir.glob(".run-*.json"), *self.dir.glob(".settings-*.json")):
+            stale.unlink(missing_ok=True)  # a crash while replacing a JSON file leaves its temp file
+        self.previous_run = self._read_previous_run()
+        for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):
+            _repair_tail(self.path(name), self.notices)
+        self.accepted = _read_records(
+            self.path(ACCEPTED_FILE), AcceptedTask.from_json, repair=True, notices=self.notices
+        )
+        tally = self._tally_from_checkpoint() or self._tally_from_scratch()
+        self.counters = tally.counters
+        self.counters.accepted = len(self.accepted)
+        numbers = [int(m.group(1)) for r in self.accepted if (m := _TASK_NUMBER.match(r.id))]
+        self.next_task_number = max(numbers, default=-1) + 1
+        self.next_request = max([tally.max_request, *(r.request for r in self.accepted)]) + 1
+        try:
+            for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):
+                self._files[name] = self.path(name).open("ab")
+        except OSError as exc:
+            raise os_error(exc, Path(exc.filename or self.dir), "open for writing") from exc
+        if not self.path(REQUESTS_FILE).stat().st_size:
+            carried = _legacy_carried(self.previous_run)
+            if carried:
+                # A run from before requests.jsonl: keep its totals as one line, so counters stay derived.
+                self.commit(RequestRecord(request=-1, outcome="carried_over", carried=carried, created=now_utc()))
+
+    def _read_previous_run(self) -> dict[str, Any]:
+        path = self.path(RUN_FILE)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+            if isinstance(data, dict):
+                return data
+        except (ValueError, UnicodeDecodeError):
+            pass
+        if raw.strip():
+            aside = path.with_name(f"{RUN_FILE}.unreadable-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            os.replace(path, aside)
+            self.notices.append(f"{RUN_FILE} was unreadable; kept it as {aside.name} and rebuilt it from the files")
+        return {}
+
+    def _tally_from_checkpoint(self) -> _Tally | None:
+        checkpoint = self.previous_run.get("checkpoint")
+        if not isinstance(checkpoint, dict):
+            return None
+        try:
+            files = checkpoint["files"]
+            counters = Counters.from_json(checkpoint["counters"])
+            max_request = int(checkpoint["max_request"])
+            positions = {name: (int(files[name]["offset"]), int(files[name]["lines"])) for name in (REJECTED_FILE, REQUESTS_FILE)}
+            for name, (offset, _) in positions.items():
+                if _file_check(self.path(name), offset) != files[name]["check"]:
+                    return None  # the file changed under the checkpoint (restored, edited): count afresh
+        except (KeyError, TypeError, ValueError, RecordError):
+            return None
+        tally = _Tally(counters, max_request)
+        offset, lines = positions[REJECTED_FILE]
+        self._fold_rejected(tally, offset, lines + 1)
+        offset, lines = positions[REQUESTS_FILE]
+        self._fold_requests(tally, offset, lines + 1)
+        return tally
+
+    def _tally_from_scratch(self) -> _Tally:
+        tally = _Tally(Counters(), -1)
+        self._fold_rejected(tally, 0, 1)
+        self._fold_requests(tally, 0, 1)
+        return tally
+
+    def _fold_rejected(self, tally: _Tally, offset: int, first_line: int) -> None:
+        for r in _read_records(
+            self.path(REJECTED_FILE), Rejection.from_json, offset=offset, first_line=first_line, repair=True,
+            notices=self.notices,
+        ):  # fmt: skip
+            tally.counters.add_rejection(r)
+            tally.max_request = max(tally.max_request, r.request)
+        self._lines[REJECTED_FILE] = first_line - 1 + self._count_lines(REJECTED_FILE, offset)
+
+    def _fold_requests(self, tally: _Tally, offset: int, first_line: int) -> None:
+        for r in _read_records(
+            self.path(REQUESTS_FILE), RequestRecord.from_json, offset=offset, first_line=first_line, repair=True,
+            notices=self.notices,
+        ):  # fmt: skip
+            tally.counters.add_request(r)
+            tally.max_request = max(tally.max_request, r.request)
+        self._lines[REQUESTS_FILE] = first_line - 1 + self._count_lines(REQUESTS_FILE, offset)
+
+    def _count_lines(self, name: str, offset: int) -> int:
+        path = self.path(name)
+        if not path.exists():
+            return 0
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(_CHUNK), b""))
 
     def _take_lock(self) -> None:
         path = self.dir / LOCK_FILE
         try:
             fh = path.open("a+", encoding="utf-8")
         except OSError as exc:
-            raise StoreError(f"cannot write to {self.dir}: {exc.strerror}; check its permissions") from exc
+            raise os_error(exc, path, "create the lock file") from exc
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 fh.close()
-                raise StoreError(f"cannot lock {path}: {exc.strerror}") from exc
+                raise os_error(exc, path, "lock") from exc
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
@@ -198,56 +570,143 @@ class RunStore:
                 f"{self.dir} is in use by another `selfinstruct generate` (pid {holder}); "
                 "wait for it to finish or stop it, or pick another --output-dir"
             ) from exc
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+        except OSError:
+            pass  # the pid is only a courtesy for the "in use" message; the lock is held
         self._lock_fh = fh
 
     def close(self) -> None:
-        for fh in (self._accepted_fh, self._rejected_fh):
-            if fh is not None and not fh.closed:
+        failure: OSError | None = None
+        for fh in self._files.values():
+            try:
                 fh.flush()
                 os.fsync(fh.fileno())
-                fh.close()
-        self._accepted_fh = self._rejected_fh = None
+            except OSError as exc:
+                failure = failure or exc
+            finally:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+        self._files = {}
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None
+        if failure is not None:
+            raise os_error(failure, self.dir, "write to")
 
-    def append_accepted(self, record: dict[str, Any]) -> None:
-        """Write one accepted task; it is on disk when this returns."""
-        if self._accepted_fh is None:
-            raise StoreError("the store is not open")
-        self._accepted_fh.write(_dumps(record))
-        self._accepted_fh.flush()
-        self.accepted.append(record)
+    # -- writing --------------------------------------------------------------------------------
 
-    def append_rejected(self, record: dict[str, Any]) -> None:
-        if self._rejected_fh is None:
+    def new_task_id(self) -> str:
+        number = self.next_task_number
+        self.next_task_number += 1
+        return f"task-{number:06d}"
+
+    def new_request_number(self) -> int:
+        number = self.next_request
+        self.next_request += 1
+        return number
+
+    def commit(
+        self,
+        request: RequestRecord,
+        accepted: list[AcceptedTask] | tuple[AcceptedTask, ...] = (),
+        rejected: list[Rejection] | tuple[Rejection, ...] = (),
+    ) -> None:
+        """Append one request's records, request line first, and flush them.
+
+        The request line goes first so every task on disk has its request's line; a crash in
+        between can only leave tasks out, and a task that is not on disk was never counted.
+        """
+        if not self._files:
             raise StoreError("the store is not open")
-        self._rejected_fh.write(_dumps(record))
+        writes = [(REQUESTS_FILE, [request.to_json()])]
+        if rejected:
+            writes.append((REJECTED_FILE, [r.to_json() for r in rejected]))
+        if accepted:
+            writes.append((ACCEPTED_FILE, [a.to_json() for a in accepted]))
+        for name, records in writes:
+            fh = self._files[name]
+            try:
+                fh.write(b"".join(_dumps(r) for r in records))
+                fh.flush()
+            except OSError as exc:
+                raise os_error(exc, self.path(name), "write to") from exc
+            self._lines[name] = self._lines.get(name, 0) + len(records)
+        self.counters.add_request(request)
+        for r in rejected:
+            self.counters.add_rejection(r)
+        self.accepted.extend(accepted)
+        self.counters.accepted = len(self.accepted)
 
     def sync(self) -> None:
-        """Push both files to stable storage (survives power loss, not only a crash)."""
-        for fh in (self._accepted_fh, self._rejected_fh):
-            if fh is not None:
+        """Push the files to stable storage (survives power loss, not only a crash)."""
+        for name, fh in self._files.items():
+            try:
                 fh.flush()
                 os.fsync(fh.fileno())
+            except OSError as exc:
+                raise os_error(exc, self.path(name), "write to") from exc
 
-    def read_run(self) -> dict[str, Any]:
-        return read_run(self.dir)
+    def checkpoint(self) -> dict[str, Any]:
+        """Offsets and counts up to them, for run.json: the next open reads only what follows."""
+        files = {}
+        for name in (REJECTED_FILE, REQUESTS_FILE):
+            fh = self._files.get(name)
+            offset = fh.tell() if fh is not None else 0
+            files[name] = {"offset": offset, "lines": self._lines.get(name, 0), "check": _file_check(self.path(name), offset)}
+        max_request = self.next_request - 1
+        return {"files": files, "counters": self.counters.to_json(), "max_request": max_request}
 
     def write_run(self, data: dict[str, Any]) -> None:
-        """Replace run.json atomically (temp file + rename), so a crash never leaves half of it."""
-        fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json", dir=self.dir)
+        """Replace run.json atomically (and durably), with the checkpoint of this moment."""
+        self.sync()
+        data = dict(data, schema=SCHEMA_VERSION, checkpoint=self.checkpoint())
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=False)
-                fh.write("\n")
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; run.json is not secret
-            os.replace(tmp, self.run_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            _write_json_atomically(self.path(RUN_FILE), data)
+        except OSError as exc:
+            raise os_error(exc, self.path(RUN_FILE), "write") from exc
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def settings_history(self) -> list[dict[str, Any]]:
+        """Every set of generation settings this run was made with, oldest first."""
+        path = self.path(SETTINGS_FILE)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            history = data["history"]
+            if isinstance(history, list) and all(isinstance(h, dict) and "fingerprint" in h for h in history):
+                return history
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            self.notices.append(f"{SETTINGS_FILE} is unreadable; the settings are checked against the tasks instead")
+        except OSError as exc:
+            raise os_error(exc, path, "read") from exc
+        legacy = self.previous_run.get("generation")
+        if isinstance(legacy, dict):  # runs from before settings.json kept them in run.json only
+            return [{"fingerprint": settings_fingerprint(legacy), "since": self.previous_run.get("created", ""), "settings": legacy}]
+        return []
+
+    def record_settings(self, settings: dict[str, Any]) -> str:
+        """Make ``settings`` the run's current ones (appending to the history); return the fingerprint."""
+        fingerprint = settings_fingerprint(settings)
+        history = self.settings_history()
+        if history and history[-1]["fingerprint"] == fingerprint and self.path(SETTINGS_FILE).exists():
+            return fingerprint
+        if not history or history[-1]["fingerprint"] != fingerprint:
+            history.append({"fingerprint": fingerprint, "since": now_utc(), "settings": settings})
+        try:
+            _write_json_atomically(self.path(SETTINGS_FILE), {"schema": SCHEMA_VERSION, "history": history})
+        except OSError as exc:
+            raise os_error(exc, self.path(SETTINGS_FILE), "write") from exc
+        return fingerprint
+
+    def fingerprints_on_disk(self) -> set[str]:
+        """Settings fingerprints stamped on the accepted tasks (schema 2 records carry one)."""
+        return {r.settings for r in self.accepted if r.settings}

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAI
+from selfinstruct.records import AcceptedTask, Rejection, RequestRecord
+from selfinstruct.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +52,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         cwd=REPO,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def add_tasks(
+    store: RunStore,
+    tasks: list[tuple[str, str, str]],
+    *,
+    rejected: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    **fields: object,
+) -> None:
+    """Commit ``(instruction, input, output)`` tasks (and ``(reason, instruction)`` rejections) as one request."""
+    number = store.new_request_number()
+    accepted = [
+        AcceptedTask(id=store.new_task_id(), instruction=i, input=x, output=o, request=number, **fields)  # type: ignore[arg-type]
+        for i, x, o in tasks
+    ]
+    rejections = [Rejection(reason=r, detail="", instruction=i, input="", output="", request=number) for r, i in rejected]
+    store.commit(RequestRecord(request=number, outcome="answered", candidates=len(tasks)), accepted, rejections)

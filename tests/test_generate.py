@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from conftest import REPO, run_cli
+from conftest import REPO, add_tasks, run_cli
 from fake_openai import FakeOpenAI, Reply
 from selfinstruct.filters import check_candidate
 from selfinstruct.records import Candidate
@@ -257,10 +257,12 @@ def test_unknown_model_lists_available(tmp_path: Path) -> None:
 def test_locked_output_dir(tmp_path: Path, fake_server: FakeOpenAI) -> None:
     out = tmp_path / "run"
     with RunStore(out) as store:
-        store.append_accepted({"instruction": "kept", "input": "", "output": "x"})
+        add_tasks(store, [("kept", "", "x")])
+        before = (out / "instructions.jsonl").read_bytes()
         result = run_cli(*generate_args(out, fake_server, 5))
     assert result.returncode == 1 and "in use" in _one_error_line(result.stderr)
-    assert lines(out / "instructions.jsonl") == [{"instruction": "kept", "input": "", "output": "x"}]
+    assert (out / "instructions.jsonl").read_bytes() == before
+    assert [r["instruction"] for r in lines(out / "instructions.jsonl")] == ["kept"]
 
 
 def test_config_change_on_resume_is_refused(tmp_path: Path, fake_server: FakeOpenAI) -> None:

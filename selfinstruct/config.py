@@ -1,0 +1,209 @@
+"""Settings of a run: the one place their defaults and limits live (the CLI reads them from here).
+
+``RunConfig`` checks itself when it is made. Fields left at ``None`` ("auto") take a value that
+depends on the server: the embedded model (no ``base_urls``) gets the settings measured to suit
+it, a real server the general ones; ``resolved()`` fills them in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .errors import ConfigError
+from .filters import FilterConfig
+
+__all__ = ["Api", "RunConfig", "Tokenizer", "default"]
+
+Api = Literal["chat", "completions"]
+Tokenizer = Literal["rouge", "unicode"]
+
+# Embedded SmolLM2-135M: completions gave 3.6 accepted tasks per 1k tokens vs 1.6 for chat; the
+# server takes one request at a time; its context is 2048 tokens.
+EMBEDDED_API: Api = "completions"
+EMBEDDED_CONCURRENCY = 1
+EMBEDDED_MAX_TOKENS = 1024
+SERVER_API: Api = "chat"
+SERVER_MAX_TOKENS = 3072
+
+# Keys that change what gets generated. The others (where, how fast, how patient) may change
+# between sessions of one run.
+GENERATION_KEYS = (
+    "api",
+    "model",
+    "num_prompt_instructions",
+    "machine_demos",
+    "tasks_per_prompt",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "similarity_threshold",
+    "tokenizer",
+    "seed",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything ``generate`` needs. Only ``output_dir`` has no default.
+
+    An empty ``base_urls`` means: start the embedded llama.cpp server (``selfinstruct[local]``).
+    """
+
+    output_dir: Path
+    base_urls: tuple[str, ...] = ()
+    num_instructions: int = 100
+    seed_tasks: Path | None = None
+    api_key: str = field(default="EMPTY", repr=False)
+    model: str | None = None
+    model_path: Path | None = None  # GGUF for the embedded server
+    api: Api | None = None  # None: completions on the embedded model, chat on a server
+    concurrency: int | None = None  # None: adaptive per endpoint (1 on the embedded model)
+    max_concurrency: int = 128
+    num_prompt_instructions: int = 3
+    machine_demos: int = 0
+    tasks_per_prompt: int = 20
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None  # None: 1024 on the embedded model, 3072 on a server
+    similarity_threshold: float = 0.7
+    tokenizer: Tokenizer = "rouge"
+    seed: int | None = None
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    check_seed_file: bool = True
+    allow_config_change: bool = False
+    request_timeout: float = 600.0
+    max_attempts: int = 8
+    retry_wait: float = 1.0  # first back-off in seconds, doubled per attempt (with jitter)
+    retry_wait_max: float = 60.0
+    give_up_after: float = 600.0  # no server answer, or no accepted task, for this long: stop
+    max_fruitless_answers: int = 200  # this many answers in a row with no usable task: stop
+    max_consecutive_bad_requests: int = 10  # the same 4xx on this many requests in a row: stop
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the types a caller may reasonably pass
+        if isinstance(self.output_dir, str):
+            if not self.output_dir.strip():
+                raise ConfigError("output_dir is empty; pass a directory (-o DIR)")
+            set_(self, "output_dir", Path(self.output_dir))
+        if not isinstance(self.output_dir, Path):
+            raise ConfigError(f"output_dir must be a path, got {self.output_dir!r}")
+        if isinstance(self.base_urls, str):
+            set_(self, "base_urls", (self.base_urls,))
+        set_(self, "base_urls", tuple(self.base_urls))
+        for name in ("seed_tasks", "model_path"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                set_(self, name, Path(value))
+        self._validate()
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        problems: list[str] = []
+
+        def whole(name: str, flag: str, low: int, value: Any = None) -> None:
+            value = getattr(self, name) if value is None else value
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"{flag} must be a whole number of at least {low}, got {value!r}")
+
+        def number(name: str, flag: str, low: float, high: float, *, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if ok:
+                ok = (value > low if low_open else value >= low) and value <= high
+            if not ok:
+                left = "(" if low_open else "["
+                problems.append(f"{flag} must be in {left}{low:g}, {high:g}], got {value!r}")
+
+        if self.api is not None and self.api not in get_args(Api):
+            problems.append(f"api must be one of {', '.join(get_args(Api))}, got {self.api!r}")
+        if self.tokenizer not in get_args(Tokenizer):
+            problems.append(f"tokenizer must be one of {', '.join(get_args(Tokenizer))}, got {self.tokenizer!r}")
+        for url in self.base_urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                problems.append(f"--base-url {url!r} is not an http(s) URL; pass e.g. http://localhost:8000/v1")
+        whole("num_instructions", "--num-instructions", 1)
+        whole("num_prompt_instructions", "--num-prompt-instructions", 1)
+        whole("tasks_per_prompt", "--tasks-per-prompt", 2)
+        whole("machine_demos", "--machine-demos", 0)
+        whole("max_concurrency", "--max-concurrency", 1)
+        whole("max_attempts", "--max-attempts", 1)
+        whole("max_fruitless_answers", "--max-fruitless-answers", 1)
+        whole("max_consecutive_bad_requests", "--max-consecutive-bad-requests", 1)
+        if self.concurrency is not None:
+            whole("concurrency", "--concurrency", 1)
+        if self.max_tokens is not None:
+            whole("max_tokens", "--max-tokens (some servers read 0 or less as 'no limit')", 1)
+        if self.seed is not None:
+            whole("seed", "--seed", 0)
+        number("similarity_threshold", "--similarity-threshold", 0.0, 1.0, low_open=True)
+        number("temperature", "--temperature", 0.0, 2.0)
+        number("top_p", "--top-p", 0.0, 1.0, low_open=True)
+        number("request_timeout", "--request-timeout", 0.0, 86400.0, low_open=True)
+        number("retry_wait", "--retry-wait", 0.0, 3600.0)
+        number("retry_wait_max", "--retry-wait-max", 0.0, 3600.0)
+        number("give_up_after", "--give-up-after", 0.0, 30 * 86400.0, low_open=True)
+        if not problems:
+            if self.tasks_per_prompt <= self.num_prompt_instructions:
+                problems.append(
+                    f"--tasks-per-prompt ({self.tasks_per_prompt}) must exceed --num-prompt-instructions "
+                    f"({self.num_prompt_instructions}): the list holds the demos and the new tasks"
+                )
+            if self.machine_demos > self.num_prompt_instructions:
+                problems.append("--machine-demos must be between 0 and --num-prompt-instructions")
+        if not isinstance(self.filters, FilterConfig):
+            problems.append("filters must be a FilterConfig")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    # -- derived --------------------------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        return not self.base_urls
+
+    def resolved(self) -> RunConfig:
+        """This config with every "auto" field decided (for the embedded model or a server)."""
+        embedded = self.embedded
+        return dataclasses.replace(
+            self,
+            api=self.api or (EMBEDDED_API if embedded else SERVER_API),
+            concurrency=self.concurrency if self.concurrency is not None else (EMBEDDED_CONCURRENCY if embedded else None),
+            max_tokens=self.max_tokens or (EMBEDDED_MAX_TOKENS if embedded else SERVER_MAX_TOKENS),
+        )
+
+    def generation_settings(self, model: str, *, prompt: str, prompt_version: int, seeds: str) -> dict[str, Any]:
+        """What defines the generated data; a resumed run must match it (see the settings guard)."""
+        resolved = self.resolved()
+        settings = {key: getattr(resolved, key) for key in GENERATION_KEYS}
+        settings["model"] = model
+        settings["prompt"] = prompt
+        settings["prompt_version"] = prompt_version
+        settings["seeds"] = seeds
+        settings["filters"] = self.filters.as_dict()
+        return settings
+
+
+def default(name: str) -> Any:
+    """The default of a RunConfig field (for the CLI's help and argparse defaults)."""
+    f = RunConfig.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise KeyError(name)
+
+
+def describe_change(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two generation settings."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before != after:
+            changes.append(f"{key} changed" if key in ("prompt", "seeds", "filters") else f"{key} {before!r} → {after!r}")
+    return changes
