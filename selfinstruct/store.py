@@ -420,7 +420,7 @@ class RunStore:
         self.next_task_number = 0
         self.previous_run: dict[str, Any] = {}
         self._lock_fh: IO[str] | None = None
-        self._files: dict[str, IO[bytes]] = {}
+        self._files: dict[str, Any] = {}  # raw (unbuffered) append handles
         self._lines: dict[str, int] = {}  # lines in the two files not kept in memory, for the checkpoint
 
     def __enter__(self) -> RunStore:
@@ -471,7 +471,9 @@ class RunStore:
         self.next_request = max([tally.max_request, *(r.request for r in self.accepted)]) + 1
         try:
             for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):
-                self._files[name] = self.path(name).open("ab")
+                # Unbuffered: a commit is one write of whole lines, and a failed write (full disk)
+                # must not leave bytes in a buffer that a later flush would append out of order.
+                self._files[name] = self.path(name).open("ab", buffering=0)
         except OSError as exc:
             raise os_error(exc, Path(exc.filename or self.dir), "open for writing") from exc
         if not self.path(REQUESTS_FILE).stat().st_size:
@@ -631,10 +633,12 @@ class RunStore:
         if accepted:
             writes.append((ACCEPTED_FILE, [a.to_json() for a in accepted]))
         for name, records in writes:
+            data = memoryview(b"".join(_dumps(r) for r in records))
             fh = self._files[name]
             try:
-                fh.write(b"".join(_dumps(r) for r in records))
-                fh.flush()
+                while data:
+                    written = fh.write(data)
+                    data = data[written or 0 :]
             except OSError as exc:
                 raise os_error(exc, self.path(name), "write to") from exc
             self._lines[name] = self._lines.get(name, 0) + len(records)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from rouge_score import rouge_scorer
 
 from fake_openai import FakeOpenAI
-from selfinstruct.records import AcceptedTask, Rejection, RequestRecord
-from selfinstruct.store import RunStore
+from selfinstruct.filters import check_candidate
+from selfinstruct.records import Candidate
+from selfinstruct.seeds import load_seed_tasks
+
+if TYPE_CHECKING:
+    from selfinstruct.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +70,8 @@ def add_tasks(
     **fields: object,
 ) -> None:
     """Commit ``(instruction, input, output)`` tasks (and ``(reason, instruction)`` rejections) as one request."""
+    from selfinstruct.records import AcceptedTask, Rejection, RequestRecord
+
     number = store.new_request_number()
     accepted = [
         AcceptedTask(id=store.new_task_id(), instruction=i, input=x, output=o, request=number, **fields)  # type: ignore[arg-type]
@@ -69,3 +79,62 @@ def add_tasks(
     ]
     rejections = [Rejection(reason=r, detail="", instruction=i, input="", output="", request=number) for r, i in rejected]
     store.commit(RequestRecord(request=number, outcome="answered", candidates=len(tasks)), accepted, rejections)
+
+
+# -- helpers shared by the CLI tests ----------------------------------------------------------
+
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+SEEDS = [t.instruction for t in load_seed_tasks()]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def assert_valid_dataset(out: Path, target: int, server: FakeOpenAI, threshold: float = 0.7) -> list[dict]:
+    """The properties every finished run must have, checked with the reference scorer."""
+    records = lines(out / "instructions.jsonl")
+    assert len(records) == target
+    instructions = [r["instruction"] for r in records]
+    assert len(set(instructions)) == target
+    emitted = set(server.emitted)
+    for record in records:
+        assert (record["instruction"], record["input"], record["output"]) in emitted
+        assert check_candidate(Candidate(record["instruction"], record["input"], record["output"])) is None
+    for i, text in enumerate(instructions):
+        for other in SEEDS + instructions[:i]:
+            assert SCORER.score(other, text)["rougeL"].fmeasure <= threshold, (text, other)
+    return records
+
+
+def generate_args(out: Path, server: FakeOpenAI, n: int, *extra: str) -> list[str]:
+    return ["generate", "-o", str(out), "-n", str(n), "--base-url", server.base_url, "--seed", "7", "-q", *extra]
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, deadline: float = 120.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{path} did not reach {count} lines")
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "selfinstruct", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("selfinstruct: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]

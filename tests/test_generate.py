@@ -3,50 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from rouge_score import rouge_scorer
 
-from conftest import REPO, add_tasks, run_cli
+from conftest import (
+    SCORER,
+    SEEDS,
+    add_tasks,
+    assert_valid_dataset,
+    generate_args,
+    lines,
+    one_error_line,
+    run_cli,
+    spawn,
+    wait_for_lines,
+)
 from fake_openai import FakeOpenAI, Reply
-from selfinstruct.filters import check_candidate
-from selfinstruct.records import Candidate
-from selfinstruct.seeds import load_seed_tasks
 from selfinstruct.store import RunStore
-
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-SEEDS = [t.instruction for t in load_seed_tasks()]
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def assert_valid_dataset(out: Path, target: int, server: FakeOpenAI, threshold: float = 0.7) -> list[dict]:
-    """The properties every finished run must have, checked with the reference scorer."""
-    records = lines(out / "instructions.jsonl")
-    assert len(records) == target
-    instructions = [r["instruction"] for r in records]
-    assert len(set(instructions)) == target
-    emitted = set(server.emitted)
-    for record in records:
-        assert (record["instruction"], record["input"], record["output"]) in emitted
-        assert check_candidate(Candidate(record["instruction"], record["input"], record["output"])) is None
-    for i, text in enumerate(instructions):
-        for other in SEEDS + instructions[:i]:
-            assert SCORER.score(other, text)["rougeL"].fmeasure <= threshold, (text, other)
-    return records
-
-
-def generate_args(out: Path, server: FakeOpenAI, n: int, *extra: str) -> list[str]:
-    return ["generate", "-o", str(out), "-n", str(n), "--base-url", server.base_url, "--seed", "7", "-q", *extra]
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
@@ -128,29 +104,6 @@ def test_faults_and_planted_tasks(tmp_path: Path) -> None:
     assert endpoint["errors"]["http_429"] == 1 and endpoint["errors"]["connection"] >= 1
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, deadline: float = 120.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        if proc.poll() is not None:
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"{path} did not reach {count} lines")
-
-
-def _spawn(args: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "selfinstruct", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     rng = random.Random(1234)
     target = 120
@@ -161,8 +114,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
         while kills < 5:
             # Complete lines only: the last kill may have left a torn line for generate to repair.
             have = (out / "instructions.jsonl").read_bytes().count(b"\n") if (out / "instructions.jsonl").exists() else 0
-            proc = _spawn(args)
-            _wait_for_lines(out / "instructions.jsonl", min(target - 5, have + rng.randint(1, 20)), proc)
+            proc = spawn(args)
+            wait_for_lines(out / "instructions.jsonl", min(target - 5, have + rng.randint(1, 20)), proc)
             if proc.poll() is not None:
                 break
             proc.send_signal(signal.SIGKILL)
@@ -185,8 +138,8 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with FakeOpenAI(latency=0.05) as server:
         args = generate_args(out, server, 200, "--concurrency", "2", "--tasks-per-prompt", "6")
-        proc = _spawn(args)
-        _wait_for_lines(out / "instructions.jsonl", 5, proc)
+        proc = spawn(args)
+        wait_for_lines(out / "instructions.jsonl", 5, proc)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
@@ -202,25 +155,19 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
 # -- bad input: one clear line, non-zero exit, nothing lost ---------------------------------
 
 
-def _one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("selfinstruct: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
-
-
 def test_missing_empty_and_invalid_seed_files(tmp_path: Path, fake_server: FakeOpenAI) -> None:
     out = tmp_path / "run"
     missing = run_cli(*generate_args(out, fake_server, 5, "--seed-tasks", str(tmp_path / "nope.jsonl")))
-    assert missing.returncode == 1 and "does not exist" in _one_error_line(missing.stderr)
+    assert missing.returncode == 1 and "does not exist" in one_error_line(missing.stderr)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     result = run_cli(*generate_args(out, fake_server, 5, "--seed-tasks", str(empty)))
-    assert result.returncode == 1 and "is empty" in _one_error_line(result.stderr)
+    assert result.returncode == 1 and "is empty" in one_error_line(result.stderr)
     bad = tmp_path / "bad.jsonl"
     good = json.dumps({"id": "a", "instruction": "Name a color that mixes from blue and yellow.", "instances": [{"input": "", "output": "Green"}]})
     bad.write_text(good + "\n" + good.replace('"a"', '"b"').replace("color", "colour") + "\n{not json\n")
     result = run_cli(*generate_args(out, fake_server, 5, "--seed-tasks", str(bad)))
-    assert result.returncode == 1 and "line 3" in _one_error_line(result.stderr)
+    assert result.returncode == 1 and "line 3" in one_error_line(result.stderr)
     assert fake_server.completion_requests() == []
 
 
@@ -232,7 +179,7 @@ def test_unreachable_server(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     result = run_cli("generate", "-o", str(tmp_path / "run"), "-n", "5", "--base-url", f"http://127.0.0.1:{port}/v1", "-q")
     assert result.returncode == 1
-    assert "cannot reach the model server" in _one_error_line(result.stderr)
+    assert "cannot reach the model server" in one_error_line(result.stderr)
 
 
 def test_wrong_key_is_refused_and_never_shown(tmp_path: Path) -> None:
@@ -240,7 +187,7 @@ def test_wrong_key_is_refused_and_never_shown(tmp_path: Path) -> None:
     with FakeOpenAI(api_key="the-right-key") as server:
         result = run_cli(*generate_args(tmp_path / "run", server, 5, "--api-key", secret))
     assert result.returncode == 1
-    assert "rejected the API key" in _one_error_line(result.stderr)
+    assert "rejected the API key" in one_error_line(result.stderr)
     assert secret not in result.stderr + result.stdout
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
@@ -250,7 +197,7 @@ def test_wrong_key_is_refused_and_never_shown(tmp_path: Path) -> None:
 def test_unknown_model_lists_available(tmp_path: Path) -> None:
     with FakeOpenAI(models=("alpha-7b", "beta-13b")) as server:
         result = run_cli(*generate_args(tmp_path / "run", server, 5, "--model", "gamma"))
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
     assert result.returncode == 1 and "gamma" in line and "alpha-7b" in line and "beta-13b" in line
 
 
@@ -260,7 +207,7 @@ def test_locked_output_dir(tmp_path: Path, fake_server: FakeOpenAI) -> None:
         add_tasks(store, [("kept", "", "x")])
         before = (out / "instructions.jsonl").read_bytes()
         result = run_cli(*generate_args(out, fake_server, 5))
-    assert result.returncode == 1 and "in use" in _one_error_line(result.stderr)
+    assert result.returncode == 1 and "in use" in one_error_line(result.stderr)
     assert (out / "instructions.jsonl").read_bytes() == before
     assert [r["instruction"] for r in lines(out / "instructions.jsonl")] == ["kept"]
 
@@ -270,7 +217,7 @@ def test_config_change_on_resume_is_refused(tmp_path: Path, fake_server: FakeOpe
     assert run_cli(*generate_args(out, fake_server, 6)).returncode == 0
     before = (out / "instructions.jsonl").read_bytes()
     result = run_cli(*generate_args(out, fake_server, 12, "--temperature", "0.5"))
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr)
     assert result.returncode == 1 and "temperature 1.0 → 0.5" in line and "--allow-config-change" in line
     assert (out / "instructions.jsonl").read_bytes() == before
     # Where and how fast may change freely; so may the target.
@@ -299,4 +246,4 @@ def test_export_and_stats_commands_on_a_generated_run(tmp_path: Path, fake_serve
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert len(pngs) == 4 and all((tmp_path / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
     missing = run_cli("export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.json"))
-    assert missing.returncode == 1 and "nope" in _one_error_line(missing.stderr)
+    assert missing.returncode == 1 and "nope" in one_error_line(missing.stderr)
