@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import default
@@ -114,15 +115,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--similarity-threshold", type=float, default=default("similarity_threshold"), help="reject at ROUGE-L F above this (default %(default)s)")
     gen.add_argument("--tokenizer", choices=("rouge", "unicode"), default=default("tokenizer"), help="ROUGE-L tokenizer (default %(default)s; unicode for non-English text)")
     gen.add_argument("--seed", type=int, help="make demo sampling reproducible")
-    filt = p.add_argument_group("filters")
-    filt.add_argument("--min-words", type=int, default=4, help="shortest instruction kept, in words (default 4)")
-    filt.add_argument("--max-words", type=int, default=150, help="longest instruction kept, in words (default 150)")
-    filt.add_argument("--blacklist", help="comma-separated whole words/phrases to reject (default: the Alpaca list)")
-    filt.add_argument("--disable-filter", action="append", default=[], choices=FILTER_NAMES, metavar="NAME",
-                      help=f"turn a filter off (repeatable): {', '.join(FILTER_NAMES)}")  # fmt: skip
+    filt = _add_filter_options(p.add_argument_group("filters"))
     filt.add_argument("--no-seed-check", action="store_true", help="use the seed file even if `seeds check` finds problems")
     p.add_argument("--allow-config-change", action="store_true", help="resume even though generation settings changed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_filter_options(group: Any) -> Any:
+    defaults = FilterConfig()
+    group.add_argument("--min-words", type=int, default=defaults.min_words, help="shortest instruction kept, in words (default %(default)s)")
+    group.add_argument("--max-words", type=int, default=defaults.max_words, help="longest instruction kept, in words (default %(default)s)")
+    group.add_argument("--blacklist", help="comma-separated whole words/phrases to reject (default: the Alpaca list)")
+    group.add_argument("--disable-filter", action="append", default=[], choices=FILTER_NAMES, metavar="NAME",
+                       help=f"turn a filter off (repeatable): {', '.join(FILTER_NAMES)}")  # fmt: skip
+    return group
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -150,8 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
     seeds_sub = p.add_subparsers(dest="seeds_command", required=True)
     c = seeds_sub.add_parser("check", help="validate a seed file and describe it")
     c.add_argument("path", type=Path, nargs="?", help="seed file (default: the bundled one)")
-    c.add_argument("--similarity-threshold", type=float, default=0.7)
-    c.add_argument("--tokenizer", choices=("rouge", "unicode"), default="rouge")
+    c.add_argument("--similarity-threshold", type=float, default=default("similarity_threshold"), help="flag pairs above this ROUGE-L F (default %(default)s)")
+    c.add_argument("--tokenizer", choices=("rouge", "unicode"), default=default("tokenizer"), help="ROUGE-L tokenizer (default %(default)s; unicode for non-English text)")
+    _add_filter_options(c)
     return parser
 
 
@@ -160,7 +167,12 @@ def _filters(args: argparse.Namespace) -> FilterConfig:
     if args.blacklist is not None:
         blacklist = tuple(w.strip() for w in args.blacklist.split(",") if w.strip())
     return FilterConfig(
-        min_words=args.min_words, max_words=args.max_words, blacklist=blacklist, disabled=frozenset(args.disable_filter)
+        min_words=args.min_words,
+        max_words=args.max_words,
+        blacklist=blacklist,
+        disabled=frozenset(args.disable_filter),
+        # Count words the way the similarity tokenizer sees them: whitespace cannot split CJK text.
+        word_tokenizer="unicode" if args.tokenizer == "unicode" else "whitespace",
     )
 
 
@@ -260,7 +272,7 @@ def _run_stats(args: argparse.Namespace) -> int:
 def _run_seeds_check(args: argparse.Namespace) -> int:
     from .seeds import check_seeds
 
-    report = check_seeds(args.path, threshold=args.similarity_threshold, tokenizer=args.tokenizer)
+    report = check_seeds(args.path, threshold=args.similarity_threshold, tokenizer=args.tokenizer, filters=_filters(args))
     print(report.format())
     return 0 if report.ok else 1
 

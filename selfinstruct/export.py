@@ -14,6 +14,11 @@ blank line and the input when the input is not blank (``chat_prompt``).
 
 Text formats are written to a temporary file next to the destination and renamed over it, so a
 reader never sees half a file; ``"-"`` writes them to standard output instead.
+
+The destination is refused when it lies inside the run directory (the run's files belong to
+``generate``, and which files those are is the store's business), when it is a symbolic link
+(the rename would replace the link, not write where it points), or when it exists and is not a
+regular file (a device or FIFO would be replaced by a file; use ``"-"`` and redirect instead).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -168,14 +174,65 @@ def _create_temp(directory: Path, name: str) -> tuple[int, str]:
             continue
 
 
-def _write_text_atomically(dest: Path, chunks: Iterable[str]) -> None:
-    if dest.is_dir():
+_FILE_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _check_destination(out_dir: Path, dest: Path, fmt: str) -> None:
+    """Refuse destinations whose replacement would destroy something (see the module docstring)."""
+    run = out_dir.resolve()
+    # The parent resolved (symlinked directories, ".."), the last part as given: a link there is refused below.
+    where = dest.resolve() if dest.name in ("", "..") else dest.parent.resolve() / dest.name
+    if _is_within(where, run):
+        raise ConfigError(
+            f"{dest} is inside the run directory {out_dir}, whose files belong to `selfinstruct generate`; "
+            "export to a path outside it"
+        )
+    if fmt == "hf" and _is_within(run, where):
+        raise ConfigError(f"{dest} contains the run directory {out_dir}; give the hf export a path of its own")
+    try:
+        info = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot check {dest}: {exc.strerror}") from exc
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(
+            f"{dest} is a symbolic link and exporting would replace the link with a file; "
+            f"export to the file it points to ({os.path.realpath(dest)}) or remove the link"
+        )
+    if fmt == "hf":
+        if not stat.S_ISDIR(info.st_mode):
+            what = "a file" if stat.S_ISREG(info.st_mode) else _kind(info.st_mode)
+            raise ConfigError(f"{dest} is {what}; the hf format writes a directory, give another path")
+        return
+    if stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{dest} is a directory; give a file name to export to")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"{dest} is {_kind(info.st_mode)}, not a regular file, and exporting would replace it; "
+            "give a file path, or '-' to write to standard output"
+        )
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _write_text_atomically(dest: Path, chunks: Iterable[str]) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(dest.parent, dest.name)
     except OSError as exc:
-        raise StoreError(f"cannot write to {dest.parent}: {exc.strerror}") from exc
+        raise StoreError(f"cannot write to {dest.parent}: {exc.strerror}; check the path and its permissions") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             for chunk in chunks:
@@ -183,9 +240,27 @@ def _write_text_atomically(dest: Path, chunks: Iterable[str]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            # E.g. a full disk: one line for the user, and the old export is still in place.
+            raise StoreError(f"cannot write {dest}: {exc.strerror or exc}; the previous file is unchanged") from exc
         raise
+    _sync_directory(dest.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform or filesystem allows it.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_stdout(chunks: Iterable[str]) -> None:
@@ -217,8 +292,6 @@ def _looks_like_saved_dataset(path: Path) -> bool:
 
 def _save_hf(rows: list[dict[str, Any]], dest: Path) -> None:
     datasets = _import_datasets()
-    if dest.exists() and not dest.is_dir():
-        raise ConfigError(f"{dest} is a file; the hf format writes a directory, give another path")
     if dest.is_dir() and any(dest.iterdir()) and not _looks_like_saved_dataset(dest):
         raise ConfigError(f"{dest} is a non-empty directory that is not a saved dataset; refusing to replace it")
     features = datasets.Features({name: datasets.Value("string") for name in _CORE_FIELDS})
@@ -237,10 +310,18 @@ def _save_hf(rows: list[dict[str, Any]], dest: Path) -> None:
     try:
         # With 0 rows datasets would pick 0 shards and write a directory it cannot load back.
         dataset.save_to_disk(str(new), num_shards=1 if not rows else None)
-        # A directory cannot be renamed over a non-empty one: move the old copy aside first.
+        # A directory cannot be renamed over a non-empty one: move the old copy aside first,
+        # and back if the second rename fails (staging is deleted below).
         if dest.exists():
             os.replace(dest, old)
-        os.replace(new, dest)
+        try:
+            os.replace(new, dest)
+        except BaseException:
+            if old.exists():
+                os.replace(old, dest)
+            raise
+    except OSError as exc:
+        raise StoreError(f"cannot write {dest}: {exc.strerror or exc}; the previous export is unchanged") from exc
     finally:
         if not bars_were_off:
             datasets.enable_progress_bars()
@@ -259,6 +340,8 @@ def export_dataset(
     ``include_meta`` keeps every stored field (id, rouge_l, most_similar_instruction, model, ...)
     after instruction/input/output; only the alpaca formats take it. ``dest="-"`` prints a text
     format to standard output. An empty run exports an empty file (or dataset) and returns 0.
+    A destination inside ``out_dir``, a symbolic link, or an existing path that is not a
+    regular file (a directory for ``hf``) raises ConfigError before anything is written.
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
@@ -270,6 +353,8 @@ def export_dataset(
     to_stdout = os.fspath(dest) == "-"
     if to_stdout and fmt == "hf":
         raise ConfigError("the hf format writes a directory and cannot go to standard output; give a path")
+    if not to_stdout:
+        _check_destination(Path(out_dir), Path(dest), fmt)
     rows = _rows(out_dir, include_meta)
     if fmt == "hf":
         _save_hf(rows, Path(dest))

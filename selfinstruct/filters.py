@@ -2,6 +2,12 @@
 
 The defaults follow the Alpaca recipe (length bounds, a whole-word keyword blacklist, no
 "Write a program", no leading punctuation or non-ASCII character) plus an empty-output check.
+
+Non-English data: the Alpaca recipe counts words by whitespace, so a Chinese or Japanese
+instruction is one "word" and always ``too_short``. ``FilterConfig(word_tokenizer="unicode")``
+counts words as ``similarity.tokenize(text, "unicode")`` does (every CJK character is a word),
+the same tokens the ``unicode`` similarity tokenizer compares; ``non_ascii_start`` is English-only
+by design and has to be disabled for such data.
 """
 
 from __future__ import annotations
@@ -17,9 +23,15 @@ from .records import Candidate
 __all__ = [
     "DEFAULT_BLACKLIST",
     "FILTER_NAMES",
+    "WORD_TOKENIZERS",
     "FilterConfig",
     "check_candidate",
+    "count_words",
 ]
+
+# How the length filters count words: "whitespace" (the Alpaca recipe) or "unicode"
+# (selfinstruct.similarity's unicode tokenizer).
+WORD_TOKENIZERS: tuple[str, ...] = ("whitespace", "unicode")
 
 # Tasks a text-only model cannot do or answer well.
 DEFAULT_BLACKLIST: tuple[str, ...] = (
@@ -30,14 +42,22 @@ DEFAULT_BLACKLIST: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """Which filters run and their parameters. ``disabled`` holds filter names to skip."""
+    """Which filters run and their parameters. ``disabled`` holds filter names to skip.
+
+    ``word_tokenizer`` is how ``min_words``/``max_words`` count (see :data:`WORD_TOKENIZERS`).
+    """
 
     min_words: int = 4  # instructions of 3 words or fewer are rejected
     max_words: int = 150
     blacklist: tuple[str, ...] = DEFAULT_BLACKLIST
     disabled: frozenset[str] = field(default_factory=frozenset)
+    word_tokenizer: str = "whitespace"
 
     def __post_init__(self) -> None:
+        if self.word_tokenizer not in WORD_TOKENIZERS:
+            raise ConfigError(
+                f"unknown word tokenizer {self.word_tokenizer!r}; choose from {', '.join(WORD_TOKENIZERS)}"
+            )
         unknown = set(self.disabled) - set(FILTER_NAMES)
         if unknown:
             raise ConfigError(
@@ -48,12 +68,25 @@ class FilterConfig:
             raise ConfigError(f"--min-words {self.min_words} is above --max-words {self.max_words}")
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        settings: dict[str, object] = {
             "min_words": self.min_words,
             "max_words": self.max_words,
             "blacklist": list(self.blacklist),
             "disabled": sorted(self.disabled),
         }
+        # Only when not the default, so fingerprints of existing runs stay the same.
+        if self.word_tokenizer != "whitespace":
+            settings["word_tokenizer"] = self.word_tokenizer
+        return settings
+
+
+def count_words(text: str, word_tokenizer: str = "whitespace") -> int:
+    """Words in ``text`` as the length filters count them (see :data:`WORD_TOKENIZERS`)."""
+    if word_tokenizer == "unicode":
+        from .similarity import tokenize  # numpy/rapidfuzz: only load them when asked for
+
+        return len(tokenize(text, "unicode"))
+    return len(text.split())
 
 
 def _blacklist_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -79,12 +112,12 @@ Check = Callable[[Candidate, FilterConfig], "str | None"]
 
 
 def _too_short(c: Candidate, cfg: FilterConfig) -> str | None:
-    n = len(c.instruction.split())
+    n = count_words(c.instruction, cfg.word_tokenizer)
     return f"{n} words" if n < cfg.min_words else None
 
 
 def _too_long(c: Candidate, cfg: FilterConfig) -> str | None:
-    n = len(c.instruction.split())
+    n = count_words(c.instruction, cfg.word_tokenizer)
     return f"{n} words" if n > cfg.max_words else None
 
 

@@ -160,7 +160,7 @@ class AcceptedTask:
             raise RecordError(f"expected a JSON object, found {type(data).__name__}")
         return cls(
             schema=_schema(data),
-            id=_str(data, "id"),
+            id=_str(data, "id", ""),  # hand-made files may lack ids; the store numbers after the highest
             instruction=_str(data, "instruction"),
             input=_str(data, "input", ""),
             output=_str(data, "output", ""),

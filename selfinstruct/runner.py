@@ -113,6 +113,8 @@ def _load_seeds(config: RunConfig) -> tuple[list[SeedTask], str]:
         report = check_seeds(
             config.seed_tasks, threshold=config.similarity_threshold, filters=config.filters, tokenizer=config.tokenizer
         )
+        for warning in report.warnings:
+            log.warning(f"seed file: {warning}")
         if not report.ok:
             errors = report.errors()
             raise SeedError(

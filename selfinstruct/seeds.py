@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SeedError
-from .filters import FilterConfig, check_candidate
+from .filters import FilterConfig, check_candidate, count_words
 from .records import Candidate, SeedTask
 
 __all__ = [
@@ -173,7 +173,11 @@ def seed_fingerprint(tasks: list[SeedTask]) -> str:
 
 @dataclass
 class SeedReport:
-    """What :func:`check_seeds` found. ``ok`` is false when any error was found."""
+    """What :func:`check_seeds` found. ``ok`` is false when any error was found.
+
+    ``warnings`` are hints that do not fail the check (e.g. a tokenizer that cannot read the
+    language of the file).
+    """
 
     path: Path
     tasks: int = 0
@@ -186,6 +190,7 @@ class SeedReport:
     near_duplicates: list[tuple[str, str, float]] = field(default_factory=list)
     filter_violations: list[tuple[str, str, str]] = field(default_factory=list)
     threshold: float = 0.7
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -210,7 +215,60 @@ class SeedReport:
         errors = self.errors()
         lines.append(f"errors: {len(errors)}" if errors else "ok: no errors")
         lines += [f"  {e}" for e in errors]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _examples(ids: list[str], limit: int = 3) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _unreadable_by_rouge(text: str) -> bool:
+    """True when the rouge tokenizer (a-z, 0-9 only) keeps no token or under half the letters."""
+    from .similarity import tokenize
+
+    tokens = tokenize(text, "rouge")
+    letters = sum(1 for ch in text if ch.isalnum())
+    return not tokens or 2 * sum(map(len, tokens)) < letters
+
+
+def _language_warnings(
+    tasks: list[SeedTask], filters: FilterConfig, tokenizer: str, violations: list[tuple[str, str, str]]
+) -> list[str]:
+    """Hints for seed files the English-only defaults cannot judge."""
+    warnings: list[str] = []
+    if tokenizer == "rouge":
+        unreadable = [t.id for t in tasks if _unreadable_by_rouge(t.instruction)]
+        if unreadable:
+            warnings.append(
+                f"{len(unreadable)} of {len(tasks)} instructions ({_examples(unreadable)}) have no or few words "
+                "the rouge tokenizer keeps (it reads only a-z and 0-9), so near-duplicates among them go "
+                "unnoticed; use --tokenizer unicode for non-English text"
+            )
+    failed = {ident: (reason, detail) for ident, reason, detail in violations}
+    by_id = {t.id: t for t in tasks}
+    if filters.word_tokenizer == "whitespace":
+        # Whitespace counting makes a sentence without spaces (Chinese, Japanese) one word.
+        miscounted = [
+            ident for ident, (reason, _) in failed.items()
+            if reason in ("too_short", "too_long")
+            and filters.min_words <= count_words(by_id[ident].instruction, "unicode") <= filters.max_words
+        ]  # fmt: skip
+        if miscounted:
+            warnings.append(
+                f"{_examples(miscounted)} fail the length filters only because words are counted by "
+                "whitespace (a sentence without spaces is one word); count them with the unicode tokenizer "
+                "(--tokenizer unicode; in Python FilterConfig(word_tokenizer='unicode'))"
+            )
+    letters = [ident for ident, (reason, _) in failed.items() if reason == "non_ascii_start"
+               and by_id[ident].instruction[:1].isalpha()]  # fmt: skip
+    if letters:
+        warnings.append(
+            f"{_examples(letters)} start with a non-English letter; the non_ascii_start filter is meant for "
+            "English data: for other languages pass --disable-filter non_ascii_start"
+        )
+    return warnings
 
 
 def check_seeds(
@@ -220,9 +278,18 @@ def check_seeds(
     filters: FilterConfig | None = None,
     tokenizer: str = "rouge",
 ) -> SeedReport:
-    """Validate a seed file and describe it; never raises for content problems (see ``report.ok``)."""
+    """Validate a seed file and describe it; never raises for content problems (see ``report.ok``).
+
+    ``tokenizer`` is the similarity tokenizer (``"rouge"`` or ``"unicode"``). Without ``filters``,
+    the default filters are used, counting words with the unicode tokenizer when ``tokenizer``
+    is ``"unicode"``; a given ``filters`` is used as it is. ``report.warnings`` says when the
+    settings cannot judge the file's language (and which option to change).
+    """
     from .similarity import RougeLIndex  # the index is heavier to import than the rest
 
+    if filters is None:
+        filters = FilterConfig(word_tokenizer="unicode" if tokenizer == "unicode" else "whitespace")
+    index = RougeLIndex(tokenizer=tokenizer)  # before reading: an unknown tokenizer is a ConfigError
     source = Path(path) if path is not None else bundled_seed_path()
     report = SeedReport(path=source, threshold=threshold)
     try:
@@ -245,11 +312,11 @@ def check_seeds(
             if failed:
                 report.filter_violations.append((task.id, *failed))
                 break
-    index = RougeLIndex(tokenizer=tokenizer)
     for task in tasks:
         # Compare with everything before it: each pair is seen once.
         score, nearest = index.nearest(task.instruction)
         if nearest is not None and score > threshold:
             report.near_duplicates.append((tasks[nearest].id, task.id, score))
         index.add(task.instruction)
+    report.warnings = _language_warnings(tasks, filters, tokenizer, report.filter_violations)
     return report

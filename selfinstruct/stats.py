@@ -9,17 +9,20 @@ a stand-in for the verb/noun analysis of the Self-Instruct paper (which needs a 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import string
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .store import REJECTED_FILE, read_accepted, read_jsonl, read_run
+from .errors import ConfigError, StoreError
+from .store import read_accepted, read_rejections, read_run, scan_counters
 
 __all__ = [
     "DEFAULT_ROUGE_THRESHOLD",
@@ -34,7 +37,6 @@ DEFAULT_ROUGE_THRESHOLD = 0.7
 ROUGE_BINS: tuple[tuple[float, float], ...] = tuple((i / 10, (i + 1) / 10) for i in range(7))
 TOP_N = 20
 # Answers that never became a candidate; they do not count towards the accept rate.
-_NOT_CANDIDATES = ("unparseable",)
 # Where run.json's generation settings keep the similarity threshold (first match wins).
 _THRESHOLD_KEYS = ("similarity_threshold", "rouge_threshold")
 _STRIP = string.punctuation + "\u201c\u201d\u2018\u2019"
@@ -133,33 +135,21 @@ def _compute(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]], lis
     """The stats plus the accepted and rejected records they were computed from."""
     accepted = read_accepted(directory)
     run = read_run(directory)
-    # The generation settings: "generation" as the pipeline writes it, "config" in older layouts.
+    # The generation settings: "generation" as the runner writes it, "config" in older layouts.
     config: dict[str, Any] = next((run[k] for k in ("generation", "config") if isinstance(run.get(k), dict)), {})
-    counters: dict[str, Any] = run["counters"] if isinstance(run.get("counters"), dict) else {}
-    rejected_records = read_jsonl(directory / REJECTED_FILE)
-
-    # Rejection counts: run.json's counters when it has them, else count rejected.jsonl.
-    by_reason: Counter[str] = Counter()
-    stored = counters.get("rejected")
-    if isinstance(stored, dict) and stored:
-        for reason, count in stored.items():
-            value = _int(count)
-            if value:
-                by_reason[str(reason)] += value
-        rejected_source = "run.json"
-    else:
-        by_reason.update(str(r.get("reason") or "unknown") for r in rejected_records)
-        rejected_source = REJECTED_FILE
+    # Counted from the files: run.json lags them after a crash.
+    totals = scan_counters(directory)
+    rejected_records = [r.to_json() for r in read_rejections(directory)]
+    by_reason: Counter[str] = Counter(totals.rejected)
+    rejected_source = "rejected.jsonl"
     rejected_total = sum(by_reason.values())
-
-    n_accepted = len(accepted)  # the file, not the counter, is the source of truth
-    candidates = _int(counters.get("candidates"))
-    candidates_source = "run.json"
-    if candidates is None or candidates < n_accepted:
-        not_candidates = sum(by_reason[r] for r in _NOT_CANDIDATES)
-        candidates = n_accepted + rejected_total - not_candidates
-        candidates_source = "computed"
+    n_accepted = len(accepted)
+    candidates: int | None = totals.candidates
+    candidates_source = "files"
     accept_rate = n_accepted / candidates if candidates else None
+    counters: dict[str, Any] = totals.to_json()
+    if not totals.requests:
+        counters = {k: None for k in ("requests", "failed_requests", "answers", "prompt_tokens", "completion_tokens")}
 
     with_input = sum(1 for r in accepted if isinstance(r.get("input"), str) and r["input"].strip())
 
@@ -280,7 +270,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     if stats.get("model"):
         header.append(["model", str(stats["model"])])
     rate = stats["accept_rate"]
-    estimated = stats["candidates_source"] != "run.json"
+    estimated = stats["candidates_source"] not in ("run.json", "files")
     requests = _fmt_int(stats.get("requests"))
     if stats.get("failed_requests") is not None:
         requests += f" ({stats['failed_requests']:,} failed)"
@@ -373,6 +363,101 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- charts
 
+_log = logging.getLogger("selfinstruct")
+
+# Han ideographs, CJK punctuation, kana, Hangul, full-width forms: what DejaVu Sans has no glyph for.
+_CJK_TEXT = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
+)
+# Font families with CJK glyphs, best first; the Debian package is in the comment.
+_CJK_FAMILIES = (
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans CJK KR",  # fonts-noto-cjk
+    "Source Han Sans SC", "Source Han Sans CN", "Source Han Sans",
+    "Noto Sans SC", "Noto Sans JP", "Noto Sans KR", "Noto Sans TC",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",  # fonts-wqy-zenhei, fonts-wqy-microhei
+    "Droid Sans Fallback",  # fonts-droid-fallback
+    "Noto Serif CJK SC", "Noto Serif CJK JP", "AR PL UMing CN", "AR PL UKai CN",
+    "IPAexGothic", "IPAGothic", "TakaoGothic", "NanumGothic",
+)  # fmt: skip
+# File names of such fonts, for fonts installed after matplotlib built its font cache.
+_CJK_FILES = re.compile(r"cjk|sourcehan|wqy|droidsansfallback|uming|ukai|ipaex?g|takao|nanum", re.IGNORECASE)
+_CJK_FONT_PACKAGE = "fonts-noto-cjk"
+_LABEL_CHARS = 40
+
+
+def _cjk_fonts() -> list[tuple[str, str]]:
+    """``(family, file)`` of the installed fonts with CJK glyphs that matplotlib can use, best first."""
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+
+    def listed() -> list[tuple[str, str]]:
+        files: dict[str, str] = {}
+        for entry in manager.ttflist:
+            files.setdefault(entry.name, entry.fname)
+        return [(family, files[family]) for family in _CJK_FAMILIES if family in files]
+
+    fonts = listed()
+    if not fonts:
+        # matplotlib caches its font list once; look for CJK fonts installed since then.
+        cached = {entry.fname for entry in manager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in cached and _CJK_FILES.search(Path(path).name):
+                try:
+                    manager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue  # unreadable font file: try the others
+        fonts = listed()
+    return fonts
+
+
+def _covered(path: str, chars: set[str]) -> set[str]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        charmap = FT2Font(path).get_charmap()
+    except (OSError, RuntimeError, ValueError):
+        return set()
+    return {ch for ch in chars if ord(ch) in charmap}
+
+
+def _font_settings(texts: list[str]) -> tuple[dict[Any, Any], bool]:  # keys: rcParams names
+    """rcParams for charts showing ``texts`` (CJK fonts as fallbacks) and whether glyphs are missing.
+
+    The usual font stays first, so Latin text looks as before; matplotlib takes each glyph it
+    lacks from the next family in the list. Not every CJK font has every script (Droid Sans
+    Fallback has no Hangul), so fonts are added until every character is covered.
+    """
+    missing = {ch for text in texts for ch in _CJK_TEXT.findall(text)}
+    if not missing:
+        return {}, False
+    families: list[str] = []
+    for family, path in _cjk_fonts():
+        covered = _covered(path, missing)
+        if covered:
+            families.append(family)
+            missing -= covered
+        if not missing:
+            break
+    if missing:
+        sample = "".join(sorted(missing)[:10])
+        _log.warning(
+            "no installed font has the characters %s, so the charts show empty boxes in their place; "
+            "install one with Chinese/Japanese/Korean glyphs (Debian/Ubuntu: apt install %s) and draw them again",
+            sample,
+            _CJK_FONT_PACKAGE,
+        )
+    if not families:
+        return {}, bool(missing)
+    from matplotlib import rcParams
+
+    return {"font.family": [*rcParams["font.family"], *families]}, bool(missing)
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "\u2026"
+
 
 def _matplotlib() -> tuple[Any, Any]:
     """``(Figure, MaxNLocator)``, imported only when charts are drawn (the plots extra)."""
@@ -391,7 +476,7 @@ def _no_data(ax: Any, message: str) -> None:
 
 
 def _hbar(ax: Any, items: list[tuple[str, int]], color: str) -> None:
-    labels = [label for label, _ in items][::-1]  # largest at the top
+    labels = [_short(label) for label, _ in items][::-1]  # largest at the top
     counts = [count for _, count in items][::-1]
     ax.barh(range(len(items)), counts, color=color)
     ax.set_yticks(range(len(items)), labels)
@@ -400,25 +485,69 @@ def _hbar(ax: Any, items: list[tuple[str, int]], color: str) -> None:
     ax.margins(x=0.12)
 
 
+def _check_chart_dir(dest: Path) -> None:
+    """Refuse a chart directory that is a file or lies below one (before anything is computed)."""
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if path.is_dir():
+                return
+            where = "is" if path == dest else f"cannot be created: {path} is"
+            raise ConfigError(
+                f"{dest} {where} a file, not a directory; give --plots a directory for the PNG charts"
+            )
+
+
 def plot_stats(out_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]) -> list[Path]:
     """Draw four PNG charts of a run into ``dest_dir`` (created if missing); return their paths.
 
     Uses matplotlib's ``Figure`` with the Agg renderer directly, not pyplot, so it changes no
-    global backend state and needs no display.
+    global backend state and needs no display. Text in Chinese, Japanese or Korean is drawn with
+    installed CJK fonts; for characters no installed font has, one warning on the
+    ``selfinstruct`` logger names the package to install. A ``dest_dir`` that is a file (or
+    lies below one) raises ConfigError, one that cannot be created or written StoreError.
     """
     Figure, MaxNLocator = _matplotlib()
+    dest = Path(dest_dir)
+    _check_chart_dir(dest)
     stats, records, rejected = _compute(Path(out_dir))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the chart directory {dest}: {exc.strerror}; give --plots another directory"
+        ) from exc
+    from matplotlib import rc_context
+
+    run_name = Path(out_dir).resolve().name
+    texts = [run_name, *(label for label, _ in stats["leading_words"]["top"]), *stats["rejected_by_reason"]]
+    settings, glyphs_missing = _font_settings(texts)
+    with rc_context(settings), warnings.catch_warnings():
+        if glyphs_missing:  # said once in the log above, not once per character and chart
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        return _draw(stats, records, rejected, dest, run_name, Figure, MaxNLocator)
+
+
+def _draw(
+    stats: dict[str, Any],
+    records: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+    dest: Path,
+    run_name: str,
+    Figure: Any,
+    MaxNLocator: Any,
+) -> list[Path]:
     accepted_rouge = _rouge_values(records)
     rejected_rouge = _near_duplicate_scores(rejected)
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    run_name = Path(out_dir).resolve().name
     paths: list[Path] = []
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
         path = dest / name
-        fig.savefig(path, format="png", dpi=100)
+        try:
+            fig.savefig(path, format="png", dpi=100)
+        except OSError as exc:
+            message = f"cannot write {path}: {exc.strerror or exc}; give --plots another directory"
+            raise StoreError(message) from exc
         paths.append(path)
 
     # 1. instruction length

@@ -316,13 +316,12 @@ def _check_run_dir(directory: Path) -> None:
         )
 
 
-def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]:
-    """The accepted tasks of a run directory, in order. Safe while a run is writing it."""
+def _read_run_file(out_dir: str | os.PathLike[str], parse: Callable[[Any], R]) -> list[R]:
     directory = Path(out_dir)
     _check_run_dir(directory)
     notices: list[str] = []
     try:
-        records = _read_records(directory / ACCEPTED_FILE, AcceptedTask.from_json, repair=False, notices=notices)
+        records = _read_records(directory / ACCEPTED_FILE, parse, repair=False, notices=notices)
     except OSError as exc:
         raise os_error(exc, directory / ACCEPTED_FILE, "read") from exc
     for notice in notices:
@@ -330,9 +329,19 @@ def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]
     return records
 
 
+def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]:
+    """The accepted tasks of a run directory, in order. Safe while a run is writing it."""
+    return _read_run_file(out_dir, AcceptedTask.from_json)
+
+
+def _checked_dict(data: Any) -> dict[str, Any]:
+    AcceptedTask.from_json(data)
+    return data  # type: ignore[no-any-return]
+
+
 def read_accepted(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The accepted tasks as plain JSON objects (the shape of ``instructions.jsonl``)."""
-    return [r.to_json() for r in read_accepted_records(out_dir)]
+    """The accepted tasks as the JSON objects on disk (checked, with every field they carry)."""
+    return _read_run_file(out_dir, _checked_dict)
 
 
 def read_rejections(out_dir: str | os.PathLike[str]) -> list[Rejection]:

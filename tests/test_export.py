@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from selfinstruct.export import (
     training_prompt,
 )
 from selfinstruct.store import RunStore
+
+from conftest import add_tasks
 
 TEXT_FORMATS = [f for f in EXPORT_FORMATS if f != "hf"]
 
@@ -349,8 +354,7 @@ def test_run_written_by_runstore_with_a_torn_last_line(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with RunStore(run) as store:
         for i in range(3):
-            store.append_accepted({"schema": 1, "id": f"task-{i:06d}", "instruction": f"Task {i}?", "input": "",
-                                   "output": f"answer {i}", "rouge_l": 0.1 * i})  # fmt: skip
+            add_tasks(store, [(f"Task {i}?", "", f"answer {i}")], rouge_l=0.1 * i)
     # A crash mid-append leaves half a line; exports skip it.
     with (run / "instructions.jsonl").open("a", encoding="utf-8") as fh:
         fh.write('{"schema":1,"instruction":"half a li')
@@ -359,3 +363,133 @@ def test_run_written_by_runstore_with_a_torn_last_line(tmp_path: Path) -> None:
     rows = _jsonl(dest)
     assert [r["id"] for r in rows] == ["task-000000", "task-000001", "task-000002"]
     assert rows[2]["output"] == "answer 2"
+
+
+# ---------------------------------------------------------------- destinations that must survive
+
+
+def _full_run(directory: Path) -> dict[str, bytes]:
+    """A run directory with the files a run has; return their bytes, to compare afterwards."""
+    _write_run(directory, RECORDS)
+    (directory / "rejected.jsonl").write_text('{"reason": "too_short", "instruction": "Hi"}\n', encoding="utf-8")
+    (directory / "run.json").write_text('{"schema": 1, "status": "done"}\n', encoding="utf-8")
+    (directory / ".lock").write_text("123", encoding="utf-8")
+    return _snapshot(directory)
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "name", ["instructions.jsonl", "rejected.jsonl", "run.json", ".lock", "alpaca.json", "exports/alpaca.json"]
+)
+@pytest.mark.parametrize("fmt", ["alpaca", "alpaca-jsonl"])
+def test_refuses_to_write_inside_the_run_directory(tmp_path: Path, name: str, fmt: str) -> None:
+    run = tmp_path / "run"
+    before = _full_run(run)
+    dest = run / name
+    with pytest.raises(ConfigError) as info:
+        export_dataset(run, fmt, dest)
+    message = str(info.value)
+    assert str(dest) in message and "inside the run directory" in message and "outside" in message
+    assert "\n" not in message
+    assert _snapshot(run) == before  # not a byte changed, no temp file left
+    assert not (run / "exports").exists()
+
+
+def test_the_run_directory_is_recognised_by_any_path(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    before = _full_run(run)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "alias").symlink_to(run, target_is_directory=True)
+    for dest in (tmp_path / "elsewhere" / ".." / "run" / "instructions.jsonl", tmp_path / "alias" / "run.json"):
+        with pytest.raises(ConfigError, match="inside the run directory"):
+            export_dataset(run, "alpaca-jsonl", dest)
+    with pytest.raises(ConfigError, match="inside the run directory"):
+        export_dataset(tmp_path / "alias", "alpaca-jsonl", run / "instructions.jsonl")
+    assert _snapshot(run) == before
+
+
+def test_a_file_next_to_the_run_directory_is_fine(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _full_run(run)
+    rows = export_dataset(run, "alpaca", tmp_path / "run.json")  # same name, other directory
+    assert rows > 0 and len(json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))) == rows
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "hf"])
+def test_symlink_destination_is_refused(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("do not touch", encoding="utf-8")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for dest in (link, dangling):
+        with pytest.raises(ConfigError, match="is a symbolic link") as info:
+            export_dataset(run_dir, fmt, dest)
+        assert str(dest) in str(info.value)
+        assert dest.is_symlink()
+    assert target.read_text(encoding="utf-8") == "do not touch"
+    assert not (tmp_path / "nowhere").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_fifo_destination_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"named pipe .*not a regular file.*'-'") as info:
+        export_dataset(run_dir, "alpaca-jsonl", fifo)
+    assert str(fifo) in str(info.value)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert _leftovers(tmp_path) == []
+
+
+def test_device_destination_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    # A private twin of /dev/null (same device numbers), so a regression cannot harm the real one.
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (OSError, AttributeError):
+        pytest.skip("creating a device node needs root (CAP_MKNOD)")
+    with pytest.raises(ConfigError, match="is a character device, not a regular file"):
+        export_dataset(run_dir, "alpaca", device)
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+
+
+def test_hf_refuses_the_run_directory_and_what_contains_it(tmp_path: Path) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "state.json").write_text("{}", encoding="utf-8")  # looks like a saved dataset
+    run = outer / "run"
+    before = _full_run(run)
+    with pytest.raises(ConfigError, match="inside the run directory"):
+        export_dataset(run, "hf", run / "hf")
+    # Replacing "outer" would move the run aside and delete it with the old copy.
+    with pytest.raises(ConfigError, match="contains the run directory"):
+        export_dataset(run, "hf", outer)
+    assert _snapshot(run) == before and (outer / "state.json").exists()
+
+
+def test_hf_refuses_a_fifo(run_dir: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="named pipe"):
+        export_dataset(run_dir, "hf", fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_write_error_is_a_one_line_store_error(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "data.jsonl"
+    dest.write_text("previous export\n", encoding="utf-8")
+
+    def disk_full(rows):
+        yield "x" * 10
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(export_mod._TEXT_WRITERS, "alpaca-jsonl", disk_full)
+    with pytest.raises(StoreError, match=rf"cannot write {re.escape(str(dest))}: No space left on device"):
+        export_dataset(run_dir, "alpaca-jsonl", dest)
+    assert dest.read_text(encoding="utf-8") == "previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "run"]

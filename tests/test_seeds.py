@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, CliResult, run_cli
 from rouge_score import rouge_scorer
 
-from selfinstruct.errors import SeedError
-from selfinstruct.filters import FilterConfig, check_candidate
+from selfinstruct.errors import ConfigError, SeedError
+from selfinstruct import filters as filters_mod
+from selfinstruct.filters import DEFAULT_BLACKLIST, FilterConfig, check_candidate
 from selfinstruct.records import Candidate, SeedTask
 from selfinstruct.seeds import (
     SeedReport,
@@ -620,3 +621,94 @@ def test_generate_refuses_near_duplicate_seeds(tmp_path: Path) -> None:
     assert "127.0.0.1:9" in last and "reach" in last
     assert "seeds check" not in result.stderr and "near-duplicate" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- non-English seeds ----------------------------------------------------------------------
+
+ZH_SEEDS = Path(__file__).parent / "data" / "seed_tasks_zh.jsonl"
+# The settings a Chinese run needs: words counted as the unicode tokenizer sees them (one per
+# character), and no English-only first-character rule.
+def zh_filters() -> FilterConfig:
+    return FilterConfig(word_tokenizer="unicode", disabled=frozenset({"non_ascii_start"}))
+
+
+def test_count_words_unicode_counts_cjk_characters() -> None:
+    count_words = filters_mod.count_words
+    assert count_words("写一首关于秋天的四行短诗。") == 1  # whitespace: one "word"
+    assert count_words("写一首关于秋天的四行短诗。", "unicode") == 12  # punctuation is no token
+    english = "Rewrite the sentence below in the passive voice."
+    assert count_words(english) == count_words(english, "unicode") == 8
+
+
+def test_filter_config_word_tokenizer_and_fingerprint_keys() -> None:
+    # as_dict feeds the run's settings fingerprint: the default must keep the old keys.
+    assert FilterConfig().as_dict() == {
+        "min_words": 4, "max_words": 150, "blacklist": list(DEFAULT_BLACKLIST), "disabled": [],
+    }  # fmt: skip
+    assert FilterConfig(word_tokenizer="unicode").as_dict()["word_tokenizer"] == "unicode"
+    with pytest.raises(ConfigError, match="unknown word tokenizer 'jieba'"):
+        FilterConfig(word_tokenizer="jieba")
+    short = Candidate("写诗。", "", "x")
+    assert check_candidate(short, FilterConfig(word_tokenizer="unicode")) == ("too_short", "2 words")
+    assert check_candidate(Candidate("写一首关于秋天的诗。", "", "x"), zh_filters()) is None
+
+
+def test_chinese_seed_file_passes_with_the_unicode_tokenizer() -> None:
+    tasks = load_seed_tasks(ZH_SEEDS)
+    assert 5 <= len(tasks) <= 8
+    report = check_seeds(ZH_SEEDS, tokenizer="unicode", filters=zh_filters())
+    assert report.ok, report.format()
+    assert report.warnings == []
+    assert (report.tasks, report.classification) == (len(tasks), 1)
+    assert "ok: no errors" in report.format() and "warning" not in report.format()
+
+
+def test_unicode_tokenizer_alone_counts_words_by_it_and_names_the_remaining_filter() -> None:
+    # No filters given: the defaults, counting words with the unicode tokenizer.
+    report = check_seeds(ZH_SEEDS, tokenizer="unicode")
+    assert {reason for _, reason, _ in report.filter_violations} == {"non_ascii_start"}
+    assert len(report.filter_violations) == report.tasks
+    (warning,) = report.warnings
+    assert "--disable-filter non_ascii_start" in warning
+    assert f"warning: {warning}" in report.format().splitlines()
+
+
+def test_chinese_seed_file_with_the_rouge_tokenizer_warns() -> None:
+    report = check_seeds(ZH_SEEDS, filters=FilterConfig(disabled=frozenset({"non_ascii_start"})))
+    assert not report.ok
+    # Whitespace counting makes every instruction one word long.
+    assert {reason for _, reason, _ in report.filter_violations} == {"too_short"}
+    rouge, lengths = report.warnings
+    assert f"{report.tasks} of {report.tasks} instructions" in rouge
+    assert "use --tokenizer unicode for non-English text" in rouge
+    assert "counted by whitespace" in lengths and "--tokenizer unicode" in lengths
+    assert "warning: " + rouge in report.format().splitlines()
+
+
+def test_chinese_near_duplicates_are_found_only_by_the_unicode_tokenizer(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in ZH_SEEDS.read_text(encoding="utf-8").splitlines()]
+    near = dict(rows[0], id="zh_near", name="autumn-poem-2", instruction="写一首关于秋天的四行小诗。")
+    path = write_lines(tmp_path / "zh.jsonl", [*rows, near])
+    unicode_report = check_seeds(path, tokenizer="unicode", filters=zh_filters())
+    assert [(a, b) for a, b, _ in unicode_report.near_duplicates] == [("zh_seed_1", "zh_near")]
+    rouge_report = check_seeds(path, filters=zh_filters())
+    assert rouge_report.near_duplicates == []  # every Chinese pair scores 0 ...
+    assert any("use --tokenizer unicode" in w for w in rouge_report.warnings)  # ... which it says
+
+
+def test_english_seeds_get_no_language_warnings(tmp_path: Path) -> None:
+    assert check_seeds().warnings == []
+    path = write_lines(tmp_path / "seeds.jsonl", good_tasks())
+    assert check_seeds(path).warnings == []
+    assert check_seeds(path, tokenizer="unicode").ok
+
+
+def test_one_foreign_task_among_english_ones_is_named(tmp_path: Path) -> None:
+    rows = good_tasks()
+    russian = "Переведите это предложение на английский язык."
+    rows.append(_task("ru", "ru-translate", russian, [("Привет!", "Hello!")]))
+    path = write_lines(tmp_path / "seeds.jsonl", rows)
+    report = check_seeds(path, filters=FilterConfig(disabled=frozenset({"non_ascii_start"})))
+    assert report.ok  # whitespace counting works for Russian; the similarity does not
+    (warning,) = report.warnings
+    assert warning.startswith("1 of 5 instructions (ru)")

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
+from selfinstruct import stats as stats_mod
 from selfinstruct.errors import ConfigError, StoreError
 from selfinstruct.stats import compute_stats, format_stats, plot_stats
 from selfinstruct.store import RunStore
+
+from conftest import add_tasks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,15 +93,18 @@ def _require_matplotlib() -> None:
 # ---------------------------------------------------------------- numbers
 
 
-def test_counts_from_run_json(run_dir: Path) -> None:
+def test_counts_come_from_the_files_not_from_run_json(run_dir: Path) -> None:
+    # run.json says 9 candidates and 3 near-duplicates; the files hold 8 and 2. A crash leaves
+    # run.json behind the files, so the files win. Request counters of a run from before
+    # requests.jsonl still come from its run.json.
     s = compute_stats(run_dir)
     assert s["accepted"] == 5 and s["target"] == 10
-    assert s["candidates"] == 9 and s["candidates_source"] == "run.json"
-    assert s["accept_rate"] == pytest.approx(5 / 9)
-    assert s["rejected"] == 5
-    assert s["rejected_by_reason"] == {"near_duplicate": 3, "too_short": 1, "unparseable": 1}
+    assert s["candidates"] == 8 and s["candidates_source"] == "files"
+    assert s["accept_rate"] == pytest.approx(5 / 8)
+    assert s["rejected"] == 4
+    assert s["rejected_by_reason"] == {"near_duplicate": 2, "too_short": 1, "unparseable": 1}
     assert list(s["rejected_by_reason"]) == ["near_duplicate", "too_short", "unparseable"]  # by count
-    assert s["rejected_source"] == "run.json"
+    assert s["rejected_source"] == "rejected.jsonl"
     assert (s["status"], s["model"], s["requests"], s["failed_requests"], s["answers"]) == (
         "done", "tiny-model", 4, 1, 3,
     )  # fmt: skip
@@ -105,23 +115,23 @@ def test_rejections_counted_from_the_file_without_run_json(tmp_path: Path) -> No
     assert s["rejected_by_reason"] == {"near_duplicate": 2, "too_short": 1, "unparseable": 1}
     assert s["rejected_source"] == "rejected.jsonl"
     # An unparseable answer never became a candidate: 5 accepted + 3 rejected candidates.
-    assert s["candidates"] == 8 and s["candidates_source"] == "computed"
+    assert s["candidates"] == 8 and s["candidates_source"] == "files"
     assert s["accept_rate"] == pytest.approx(0.625)
     assert s["status"] is None and s["requests"] is None
     assert s["tokens"] == {"prompt": None, "completion": None, "total": None, "per_accepted": None}
     assert s["elapsed_seconds"] is None and s["tasks_per_minute"] is None
     assert s["rouge_l"]["threshold"] == 0.7
     lines = format_stats(s).splitlines()
-    assert "candidates  8 (estimated)" in lines and "requests    -" in lines
+    assert "candidates  8" in lines and "requests    -" in lines
     assert "Rejections by reason (from rejected.jsonl)" in lines
     assert "Speed" not in lines  # no elapsed time known
 
 
-def test_run_json_without_rejection_counters_falls_back_to_the_file(tmp_path: Path) -> None:
+def test_old_config_key_still_gives_the_threshold(tmp_path: Path) -> None:
     run = {"schema": 1, "config": {"similarity_threshold": 0.5}, "counters": {"candidates": 20}}
     s = compute_stats(_write(tmp_path / "run", run))
     assert s["rejected_source"] == "rejected.jsonl" and s["rejected"] == 4
-    assert s["accept_rate"] == pytest.approx(5 / 20)
+    assert s["accept_rate"] == pytest.approx(5 / 8)
     assert s["rouge_l"]["threshold"] == 0.5
 
 
@@ -161,7 +171,7 @@ def test_rouge_bins_forgive_float_rounding(tmp_path: Path) -> None:
     assert score < 0.2
     run = tmp_path / "run"
     with RunStore(run) as store:
-        store.append_accepted({"instruction": "Say hi to me.", "input": "", "output": "hi", "rouge_l": score})
+        add_tasks(store, [("Say hi to me.", "", "hi")], rouge_l=score)
     assert [b["count"] for b in compute_stats(run)["rouge_l"]["bins"]] == [0, 0, 1, 0, 0, 0, 0]
 
 
@@ -179,8 +189,7 @@ def test_top_is_capped_at_twenty(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with RunStore(run) as store:
         for i in range(25):
-            for _ in range(i + 1):
-                store.append_accepted({"instruction": f"Verb{i:02d} something now", "input": "", "output": "ok"})
+            add_tasks(store, [(f"Verb{i:02d} something now", "", "ok")] * (i + 1))
     s = compute_stats(run)
     assert s["leading_words"]["distinct"] == 25
     assert len(s["leading_words"]["top"]) == 20
@@ -214,9 +223,7 @@ def test_empty_run(tmp_path: Path) -> None:
 def test_reads_a_run_that_is_being_written(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with RunStore(run) as store:  # holds the lock, as a running generate does
-        store.append_accepted({"instruction": "Sort these numbers please.", "input": "3 1 2", "output": "1 2 3"})
-        store.append_rejected({"reason": "too_short", "instruction": "Sort."})
-        store.sync()
+        add_tasks(store, [("Sort these numbers please.", "3 1 2", "1 2 3")], rejected=[("too_short", "Sort.")])
         s = compute_stats(run)
     assert (s["accepted"], s["rejected"], s["with_input"]) == (1, 1, 1)
     assert s["accept_rate"] == pytest.approx(0.5)
@@ -233,13 +240,13 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 def test_format_stats_report(run_dir: Path) -> None:
     text = format_stats(compute_stats(run_dir))
     lines = text.splitlines()
-    assert "accepted    5 of 10 (accept rate 55.6%)" in lines
+    assert "accepted    5 of 10 (accept rate 62.5%)" in lines
     assert "model       tiny-model" in lines
     assert "requests    4 (1 failed)" in lines
 
-    reasons = lines[lines.index("Rejections by reason (from run.json)") + 1 :][:3]
+    reasons = lines[lines.index("Rejections by reason (from rejected.jsonl)") + 1 :][:3]
     assert [line.split() for line in reasons] == [
-        ["near_duplicate", "3", "60.0%"], ["too_short", "1", "20.0%"], ["unparseable", "1", "20.0%"],
+        ["near_duplicate", "2", "50.0%"], ["too_short", "1", "25.0%"], ["unparseable", "1", "25.0%"],
     ]  # fmt: skip
     assert len({len(line) for line in reasons}) == 1  # right-aligned numbers end in one column
 
@@ -299,3 +306,108 @@ def test_plots_without_matplotlib_names_the_extra(run_dir: Path, tmp_path: Path,
     with pytest.raises(ConfigError, match=r'pip install "selfinstruct\[plots\]"'):
         plot_stats(run_dir, tmp_path / "charts")
     assert not (tmp_path / "charts").exists()
+
+
+def test_plots_into_an_existing_file_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    _require_matplotlib()
+    target = tmp_path / "charts.png"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ConfigError) as info:
+        plot_stats(run_dir, target)
+    message = str(info.value)
+    assert str(target) in message and "not a directory" in message and "\n" not in message
+    assert target.read_bytes() == b"keep me"
+
+
+def test_plots_below_a_file_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    _require_matplotlib()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"cannot be created: {re.escape(str(a_file))} is a file"):
+        plot_stats(run_dir, a_file / "charts")
+    assert a_file.read_text(encoding="utf-8") == "keep"
+
+
+def test_cli_plots_path_problems_are_one_line_errors(run_dir: Path, tmp_path: Path) -> None:
+    _require_matplotlib()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep", encoding="utf-8")
+    for plots in (a_file, a_file / "charts"):
+        result = run_cli("stats", str(run_dir), "--plots", str(plots))
+        assert result.returncode == 1, result
+        assert "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("selfinstruct: error: ") and str(a_file) in last
+
+
+def test_plots_that_cannot_be_written_raise_store_error(run_dir: Path, tmp_path: Path) -> None:
+    _require_matplotlib()
+    charts = tmp_path / "charts"
+    (charts / "rouge_l.png").mkdir(parents=True)  # a directory where a chart goes
+    with pytest.raises(StoreError, match=re.escape(str(charts / "rouge_l.png"))):
+        plot_stats(run_dir, charts)
+
+
+# Chinese instructions: their first "words" (the whole sentence, having no spaces) are the
+# labels of the leading-words chart.
+ZH_INSTRUCTIONS = ["写一首关于秋天的短诗。", "把这句话翻译成英文。", "写一首关于秋天的短诗。", "列出三种常见的水果。"]
+ZH_ACCEPTED = [
+    {"schema": 1, "id": f"task-{i:06d}", "instruction": text, "input": "", "output": "好的。", "rouge_l": 0.1}
+    for i, text in enumerate(ZH_INSTRUCTIONS)
+]
+
+
+def _zh_run(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ZH_ACCEPTED)
+    (directory / "instructions.jsonl").write_text(text, encoding="utf-8")
+    return directory
+
+
+def _plot_catching(run: Path, dest: Path, caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    """Plot; return matplotlib's missing-glyph warnings and selfinstruct's log warnings."""
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="selfinstruct"):
+        warnings.simplefilter("always")
+        assert len(plot_stats(run, dest)) == 4
+    glyphs = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    notes = [r.getMessage() for r in caplog.records if r.name == "selfinstruct" and r.module == "stats"]
+    return glyphs, notes
+
+
+def test_cjk_text_is_drawn_with_a_cjk_font_or_the_missing_font_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _require_matplotlib()
+    import matplotlib
+
+    family = list(matplotlib.rcParams["font.family"])
+    glyphs, notes = _plot_catching(_zh_run(tmp_path / "run"), tmp_path / "charts", caplog)
+    assert glyphs == []  # drawn with real glyphs, or one clear note instead of a warning per glyph
+    if stats_mod._cjk_fonts():  # e.g. apt install fonts-noto-cjk (or fonts-droid-fallback)
+        assert notes == []
+    else:
+        assert len(notes) == 1 and "fonts-noto-cjk" in notes[0]
+    assert matplotlib.rcParams["font.family"] == family  # the fallback font was set for these charts only
+
+
+def test_without_a_cjk_font_one_warning_names_the_package(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_matplotlib()
+    monkeypatch.setattr(stats_mod, "_cjk_fonts", lambda: [])
+    glyphs, notes = _plot_catching(_zh_run(tmp_path / "run"), tmp_path / "charts", caplog)
+    assert glyphs == []
+    (note,) = notes
+    assert "apt install fonts-noto-cjk" in note and "empty boxes" in note
+    assert "写" in note  # names characters it cannot draw
+
+
+def test_latin_text_needs_no_font_lookup(run_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
+    _require_matplotlib()
+
+    def unexpected() -> list[tuple[str, str]]:
+        raise AssertionError("looked for a CJK font for Latin text")
+
+    monkeypatch.setattr(stats_mod, "_cjk_fonts", unexpected)
+    glyphs, notes = _plot_catching(run_dir, tmp_path / "charts", caplog)
+    assert glyphs == [] and notes == []
