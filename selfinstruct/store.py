@@ -430,7 +430,8 @@ class RunStore:
         self.previous_run: dict[str, Any] = {}
         self._lock_fh: IO[str] | None = None
         self._files: dict[str, Any] = {}  # raw (unbuffered) append handles
-        self._lines: dict[str, int] = {}  # lines in the two files not kept in memory, for the checkpoint
+        self._lines: dict[str, int] = {}
+        self._write_failed: StoreError | None = None  # lines in the two files not kept in memory, for the checkpoint
 
     def __enter__(self) -> RunStore:
         self.open()
@@ -636,25 +637,31 @@ class RunStore:
         """
         if not self._files:
             raise StoreError("the store is not open")
-        writes = [(REQUESTS_FILE, [request.to_json()])]
+        if self._write_failed is not None:
+            raise StoreError(str(self._write_failed))  # the first failure is the one to tell
+        writes: list[tuple[str, list[Any], Callable[[], None]]] = [
+            (REQUESTS_FILE, [request], lambda: self.counters.add_request(request)),
+        ]
         if rejected:
-            writes.append((REJECTED_FILE, [r.to_json() for r in rejected]))
+            writes.append((REJECTED_FILE, list(rejected), lambda: [self.counters.add_rejection(r) for r in rejected]))
         if accepted:
-            writes.append((ACCEPTED_FILE, [a.to_json() for a in accepted]))
-        for name, records in writes:
-            data = memoryview(b"".join(_dumps(r) for r in records))
+            writes.append((ACCEPTED_FILE, list(accepted), lambda: self.accepted.extend(accepted)))
+        for name, records, count in writes:
+            data = memoryview(b"".join(_dumps(r.to_json()) for r in records))
             fh = self._files[name]
             try:
                 while data:
                     written = fh.write(data)
                     data = data[written or 0 :]
             except OSError as exc:
-                raise os_error(exc, self.path(name), "write to") from exc
+                # What is on disk may now end in a torn line: no more writes, no checkpoint,
+                # and the next open repairs the tail.
+                self._write_failed = os_error(exc, self.path(name), "write to")
+                raise self._write_failed from exc
+            # Counted per file as soon as it is written, so memory matches the files even when
+            # a later write of the same commit fails.
+            count()
             self._lines[name] = self._lines.get(name, 0) + len(records)
-        self.counters.add_request(request)
-        for r in rejected:
-            self.counters.add_rejection(r)
-        self.accepted.extend(accepted)
         self.counters.accepted = len(self.accepted)
 
     def sync(self) -> None:
@@ -666,8 +673,10 @@ class RunStore:
             except OSError as exc:
                 raise os_error(exc, self.path(name), "write to") from exc
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self) -> dict[str, Any] | None:
         """Offsets and counts up to them, for run.json: the next open reads only what follows."""
+        if self._write_failed is not None:
+            return None  # the files may end in a torn line the counts do not cover
         files = {}
         for name in (REJECTED_FILE, REQUESTS_FILE):
             fh = self._files.get(name)
@@ -678,7 +687,8 @@ class RunStore:
 
     def write_run(self, data: dict[str, Any]) -> None:
         """Replace run.json atomically (and durably), with the checkpoint of this moment."""
-        self.sync()
+        if self._write_failed is None:
+            self.sync()
         data = dict(data, schema=SCHEMA_VERSION, checkpoint=self.checkpoint())
         try:
             _write_json_atomically(self.path(RUN_FILE), data)
