@@ -228,6 +228,9 @@ class Engine:
                     detail=result.message, created=now, settings=self.settings,
                 )  # fmt: skip
             )
+            if result.kind == "malformed_answer":
+                # A 200 with nothing usable in it is an answer that gave nothing, not a network fault.
+                self._count_fruitless([result.kind], result.message)
             self._after_commit(0)
             return
         endpoint = redact_url(result.endpoint)
@@ -291,18 +294,22 @@ class Engine:
             return
         if verdict.surplus or self.done.is_set():
             return
-        self._fruitless_answers += 1
-        self._fruitless.update(d.reason for d in verdict.rejected)
+        reasons = [d.reason for d in verdict.rejected]
         if answer.finish_reason and answer.finish_reason != "stop":
-            self._fruitless[f"finish_reason {answer.finish_reason}"] += 1
-        self._last_fruitless_text = answer.text
+            reasons.append(f"finish_reason {answer.finish_reason}")
+        self._count_fruitless(reasons, answer.text)
+
+    def _count_fruitless(self, reasons: list[str], text: str) -> None:
+        self._fruitless_answers += 1
+        self._fruitless.update(reasons)
+        self._last_fruitless_text = text
         if self._fruitless_answers >= self.config.max_fruitless_answers:
             sample = " ".join(self._last_fruitless_text.split())[:160]
             raise NoProgress(
                 f"the last {self._fruitless_answers} answers gave no usable task ({self._fruitless_summary()}); "
-                f"the last one began: {sample!r}. The server answers, but not with tasks in the expected format: "
-                "try the other --api (chat or completions), a larger --max-tokens or another model, and see "
-                f"{self.store.path('rejected.jsonl')}"
+                f"the last one began: {sample!r}. The server answers, but not with new tasks in the expected "
+                "format: try the other --api (chat or completions), a larger --max-tokens or another model, and "
+                f"see {self.store.path('rejected.jsonl')}"
             )
 
     def _fruitless_summary(self) -> str:

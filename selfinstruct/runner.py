@@ -357,6 +357,8 @@ async def run_generation(config: RunConfig, *, stop: asyncio.Event | None = None
         work.cancel()
         await asyncio.wait({work})
     if work.cancelled():
+        if session.status == "running":  # stopped before the run directory was even opened
+            session.status = "interrupted"
         return session.summary()
     return work.result()
 
