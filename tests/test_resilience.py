@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, generate_args, lines, one_error_line, run_cli, spawn
-from fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI, Reply
 
 DATA = Path(__file__).parent / "data"
 
@@ -287,3 +287,19 @@ def test_a_run_written_by_version_0_1_resumes(tmp_path: Path, fake_server: FakeO
     assert run["counters"]["prompt_tokens"] > old_counters["prompt_tokens"]
     assert run["counters"]["rejected"]["too_short"] == 1 and run["sessions"] == 2
     assert min(r["request"] for r in records[9:]) >= old_counters["next_request"]
+
+
+@pytest.mark.parametrize("phase", ["retry wait", "hanging answer"])
+def test_a_signal_during_retries_or_a_hanging_answer_stops_at_once(tmp_path: Path, phase: str) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        if phase == "retry wait":
+            server.set_handler(lambda ctx: Reply.error(503, headers={"Retry-After": "3000"}))
+        else:
+            server.set_handler(lambda ctx: Reply.slow(3000, Reply.default()))
+        proc = spawn(generate_args(out, server, 5, "--retry-wait", "300", "--request-timeout", "3000"))
+        server.wait_until(lambda s: len(s.completion_requests()) >= 1, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 130, stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
