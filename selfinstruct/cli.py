@@ -106,11 +106,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "(default %(default)s)",
     )  # fmt: skip
     gen = p.add_argument_group("generation (fixed for a run; see --allow-config-change)")
-    gen.add_argument("--num-prompt-instructions", type=int, default=default("num_prompt_instructions"), help="demonstrations per prompt (default %(default)s)")
-    gen.add_argument("--machine-demos", type=int, default=default("machine_demos"), help="how many demos come from accepted tasks (default %(default)s)")
-    gen.add_argument("--tasks-per-prompt", type=int, default=default("tasks_per_prompt"), help="list length asked for, demos included (default %(default)s)")
-    gen.add_argument("--temperature", type=float, default=default("temperature"), help="sampling temperature, 0 to 2 (default %(default)s)")
-    gen.add_argument("--top-p", type=float, default=default("top_p"), help="nucleus sampling mass, above 0 up to 1 (default %(default)s)")
+    gen.add_argument(
+        "--method", choices=("alpaca", "self-instruct"), default=default("method"),
+        help="alpaca: instruction, input and output in one answer (default); self-instruct: instructions, then "
+        "'is it classification?', then up to --max-instances instances each (output first for classification)",
+    )  # fmt: skip
+    gen.add_argument("--max-instances", type=int, default=default("max_instances"), help="self-instruct: instances kept per task (default %(default)s)")
+    gen.add_argument("--num-prompt-instructions", type=int, help="demonstrations per prompt (default 3; self-instruct 8)")
+    gen.add_argument("--machine-demos", type=int, help="how many demos come from accepted tasks (default 0; self-instruct 2)")
+    gen.add_argument("--tasks-per-prompt", type=int, help="list length asked for, demos included (default 20; self-instruct 15)")
+    gen.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2 (default 1.0; self-instruct 0.7)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling mass, above 0 up to 1 (default 1.0; self-instruct 0.5)")
     gen.add_argument("--max-tokens", type=int, help="tokens per answer (default 3072; 1024 on the embedded model)")
     gen.add_argument("--similarity-threshold", type=float, default=default("similarity_threshold"), help="reject at ROUGE-L F above this (default %(default)s)")
     gen.add_argument("--tokenizer", choices=("rouge", "unicode"), default=default("tokenizer"), help="ROUGE-L tokenizer (default %(default)s; unicode for non-English text)")
@@ -217,6 +223,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         model=args.model,
         model_path=args.model_path,
+        method=args.method,
+        max_instances=args.max_instances,
         api=args.api,
         concurrency=args.concurrency,
         max_concurrency=args.max_concurrency,

@@ -16,10 +16,19 @@ from typing import Any, Literal, get_args
 from .errors import ConfigError
 from .filters import FilterConfig
 
-__all__ = ["Api", "RunConfig", "Tokenizer", "default"]
+__all__ = ["Api", "Method", "RunConfig", "Tokenizer", "default"]
 
 Api = Literal["chat", "completions"]
 Tokenizer = Literal["rouge", "unicode"]
+Method = Literal["alpaca", "self-instruct"]
+
+# Per method: demos per prompt, of which from accepted tasks, list length, temperature, top_p.
+# Alpaca: 3 seed tasks, 20 per list, T=1, top_p=1. Self-Instruct: 8 instructions (6 seed + 2
+# machine), items 9-15, T=0.7, top_p=0.5 (its presence penalty is not sent: not every server has it).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "alpaca": {"num_prompt_instructions": 3, "machine_demos": 0, "tasks_per_prompt": 20, "temperature": 1.0, "top_p": 1.0},
+    "self-instruct": {"num_prompt_instructions": 8, "machine_demos": 2, "tasks_per_prompt": 15, "temperature": 0.7, "top_p": 0.5},
+}
 
 # Embedded SmolLM2-135M: completions gave 3.6 accepted tasks per 1k tokens vs 1.6 for chat; the
 # server takes one request at a time; its context is 2048 tokens.
@@ -60,14 +69,17 @@ class RunConfig:
     api_key: str = field(default="EMPTY", repr=False)
     model: str | None = None
     model_path: Path | None = None  # GGUF for the embedded server
+    method: Method = "alpaca"
     api: Api | None = None  # None: completions on the embedded model, chat on a server
     concurrency: int | None = None  # None: adaptive per endpoint (1 on the embedded model)
     max_concurrency: int = 128
-    num_prompt_instructions: int = 3
-    machine_demos: int = 0
-    tasks_per_prompt: int = 20
-    temperature: float = 1.0
-    top_p: float = 1.0
+    # None: the method's default (METHOD_DEFAULTS)
+    num_prompt_instructions: int | None = None
+    machine_demos: int | None = None
+    tasks_per_prompt: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_instances: int = 5  # self-instruct: instances kept per task
     max_tokens: int | None = None  # None: 1024 on the embedded model, 3072 on a server
     similarity_threshold: float = 0.7
     tokenizer: Tokenizer = "rouge"
@@ -127,10 +139,15 @@ class RunConfig:
         for url in self.base_urls:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 problems.append(f"--base-url {url!r} is not an http(s) URL; pass e.g. http://localhost:8000/v1")
+        if self.method not in get_args(Method):
+            problems.append(f"method must be one of {', '.join(get_args(Method))}, got {self.method!r}")
+            raise ConfigError("; ".join(problems))
+        method = METHOD_DEFAULTS[self.method]
         whole("num_instructions", "--num-instructions", 1)
-        whole("num_prompt_instructions", "--num-prompt-instructions", 1)
-        whole("tasks_per_prompt", "--tasks-per-prompt", 2)
-        whole("machine_demos", "--machine-demos", 0)
+        whole("num_prompt_instructions", "--num-prompt-instructions", 1, self._or(method, "num_prompt_instructions"))
+        whole("tasks_per_prompt", "--tasks-per-prompt", 2, self._or(method, "tasks_per_prompt"))
+        whole("machine_demos", "--machine-demos", 0, self._or(method, "machine_demos"))
+        whole("max_instances", "--max-instances", 1)
         whole("max_concurrency", "--max-concurrency", 1)
         whole("max_attempts", "--max-attempts", 1)
         whole("max_fruitless_answers", "--max-fruitless-answers", 1)
@@ -142,24 +159,32 @@ class RunConfig:
         if self.seed is not None:
             whole("seed", "--seed", 0)
         number("similarity_threshold", "--similarity-threshold", 0.0, 1.0, low_open=True)
-        number("temperature", "--temperature", 0.0, 2.0)
-        number("top_p", "--top-p", 0.0, 1.0, low_open=True)
+        if self.temperature is not None:
+            number("temperature", "--temperature", 0.0, 2.0)
+        if self.top_p is not None:
+            number("top_p", "--top-p", 0.0, 1.0, low_open=True)
         number("request_timeout", "--request-timeout", 0.0, 86400.0, low_open=True)
         number("retry_wait", "--retry-wait", 0.0, 3600.0)
         number("retry_wait_max", "--retry-wait-max", 0.0, 3600.0)
         number("give_up_after", "--give-up-after", 0.0, 30 * 86400.0, low_open=True)
         if not problems:
-            if self.tasks_per_prompt <= self.num_prompt_instructions:
+            demos = self._or(method, "num_prompt_instructions")
+            length = self._or(method, "tasks_per_prompt")
+            if length <= demos:
                 problems.append(
-                    f"--tasks-per-prompt ({self.tasks_per_prompt}) must exceed --num-prompt-instructions "
-                    f"({self.num_prompt_instructions}): the list holds the demos and the new tasks"
+                    f"--tasks-per-prompt ({length}) must exceed --num-prompt-instructions "
+                    f"({demos}): the list holds the demos and the new tasks"
                 )
-            if self.machine_demos > self.num_prompt_instructions:
+            if self._or(method, "machine_demos") > demos:
                 problems.append("--machine-demos must be between 0 and --num-prompt-instructions")
         if not isinstance(self.filters, FilterConfig):
             problems.append("filters must be a FilterConfig")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _or(self, method: dict[str, Any], name: str) -> Any:
+        value = getattr(self, name)
+        return method[name] if value is None else value
 
     # -- derived --------------------------------------------------------------------------------
 
@@ -170,14 +195,16 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """This config with every "auto" field decided (for the embedded model or a server)."""
         embedded = self.embedded
+        method = METHOD_DEFAULTS[self.method]
         return dataclasses.replace(
             self,
+            **{name: self._or(method, name) for name in method},
             api=self.api or (EMBEDDED_API if embedded else SERVER_API),
             concurrency=self.concurrency if self.concurrency is not None else (EMBEDDED_CONCURRENCY if embedded else None),
             max_tokens=self.max_tokens or (EMBEDDED_MAX_TOKENS if embedded else SERVER_MAX_TOKENS),
         )
 
-    def generation_settings(self, model: str, *, prompt: str, prompt_version: int, seeds: str) -> dict[str, Any]:
+    def generation_settings(self, model: str, *, prompt: str, prompt_version: str, seeds: str) -> dict[str, Any]:
         """What defines the generated data; a resumed run must match it (see the settings guard)."""
         resolved = self.resolved()
         settings = {key: getattr(resolved, key) for key in GENERATION_KEYS}
@@ -186,6 +213,9 @@ class RunConfig:
         settings["prompt_version"] = prompt_version
         settings["seeds"] = seeds
         settings["filters"] = self.filters.as_dict()
+        if resolved.method != "alpaca":  # absent for alpaca, so runs made before methods existed still match
+            settings["method"] = resolved.method
+            settings["max_instances"] = resolved.max_instances
         return settings
 
 

@@ -198,7 +198,7 @@ class Engine:
             await asyncio.sleep(min(1.0, limit - idle + 0.01))
 
     async def run(self) -> None:
-        if len(self.store.accepted) >= self.target:
+        if self.complete():
             self.done.set()
             return
         tasks = [asyncio.create_task(self._worker()) for _ in range(self.pool.max_capacity())]
@@ -220,25 +220,37 @@ class Engine:
 
     def apply(self, number: int, first_number: int, result: Completion | RequestFailed) -> None:
         """Judge one answer and commit its records. Synchronous: nothing interleaves."""
-        now = now_utc()
         if isinstance(result, RequestFailed):
-            self.store.commit(
-                RequestRecord(
-                    request=number, outcome="failed", endpoint=result.endpoint or "", error=result.kind,
-                    detail=result.message, created=now, settings=self.settings,
-                )  # fmt: skip
-            )
-            if result.kind == "malformed_answer":
-                # A 200 with nothing usable in it is an answer that gave nothing, not a network fault.
-                self._count_fruitless([result.kind], result.message)
+            self._commit_failure(number, result)
             self._after_commit(0)
             return
-        endpoint = redact_url(result.endpoint)
-        room = max(0, self.target - len(self.store.accepted))
         continuation = first_number if self.config.api == "completions" else None
         verdict = self.judge.judge(
-            result.text, finish_reason=result.finish_reason, continuation_number=continuation, room=room
+            result.text,
+            finish_reason=result.finish_reason,
+            continuation_number=continuation,
+            room=max(0, self.target - len(self.store.accepted)),
         )
+        accepted = self._commit_verdict(number, result, verdict)
+        self._after_commit(len(accepted))
+
+    def _commit_failure(self, number: int, result: RequestFailed, *, stage: str | None = None, task_id: str | None = None) -> None:
+        self.store.commit(
+            RequestRecord(
+                request=number, outcome="failed", endpoint=result.endpoint or "", error=result.kind,
+                detail=result.message, created=now_utc(), settings=self.settings, stage=stage, task_id=task_id,
+            )  # fmt: skip
+        )
+        if result.kind == "malformed_answer" and stage in (None, "instruction"):
+            # A 200 with nothing usable in it is an answer that gave nothing, not a network fault.
+            self._count_fruitless([result.kind], result.message)
+
+    def _commit_verdict(
+        self, number: int, result: Completion, verdict: Verdict, *, stage: str | None = None
+    ) -> list[AcceptedTask]:
+        """Write one answer's request line, rejections and accepted tasks; return the accepted."""
+        now = now_utc()
+        endpoint = redact_url(result.endpoint)
         accepted = [
             AcceptedTask(
                 id=d.id, instruction=d.candidate.instruction, input=d.candidate.input, output=d.candidate.output,
@@ -252,7 +264,7 @@ class Engine:
             Rejection(
                 reason=d.reason, detail=d.detail, instruction=d.candidate.instruction, input=d.candidate.input,
                 output=d.candidate.output, request=number, rouge_l=d.rouge_l, most_similar_instruction=d.nearest,
-                nearest_id=d.nearest_id, created=now, settings=self.settings,
+                nearest_id=d.nearest_id, created=now, settings=self.settings, stage=stage,
             )  # fmt: skip
             for d in verdict.rejected
         ]
@@ -261,7 +273,7 @@ class Engine:
                 request=number, outcome="answered", endpoint=endpoint, finish_reason=result.finish_reason,
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                 candidates=verdict.parsed, incomplete=verdict.incomplete, surplus=verdict.surplus,
-                latency=result.latency, created=now, settings=self.settings,
+                latency=result.latency, created=now, settings=self.settings, stage=stage,
             ),  # fmt: skip
             accepted,
             rejected,
@@ -269,11 +281,15 @@ class Engine:
         self._session_answers += 1
         self.session_candidates += len(verdict.decisions) - sum(1 for d in verdict.rejected if d.reason == "unparseable")
         self._track_liveness(verdict, result)
-        self._after_commit(len(accepted))
+        return accepted
+
+    def complete(self) -> bool:
+        """Whether the session's work is done (the target reached)."""
+        return len(self.store.accepted) >= self.target
 
     def _after_commit(self, added: int) -> None:
         self.added += added
-        if len(self.store.accepted) >= self.target:
+        if self.complete():
             self.done.set()
         self.progress.update(added, self._postfix())
         if time.monotonic() - self._last_save > 1.0:

@@ -128,8 +128,14 @@ class Judge:
                 )
             )
             return verdict
+        self.judge_candidates(parsed.candidates, room, verdict)
+        return verdict
+
+    def judge_candidates(self, candidates: Sequence[Candidate], room: int, verdict: Verdict | None = None) -> Verdict:
+        """Decide parsed candidates in order; at most ``room`` are accepted, the rest is surplus."""
+        verdict = verdict if verdict is not None else Verdict(parsed=len(candidates))
         accepted = 0
-        for candidate in parsed.candidates:
+        for candidate in candidates:
             if accepted >= room:
                 verdict.surplus += 1
                 continue

@@ -150,3 +150,123 @@ def prompt_fingerprint() -> str:
     parts = (PROMPT_VERSION, _HEADER, _BLOCK, _CUE, _SYSTEM, _CHAT_REQUEST, NO_INPUT)
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
     return f"sha256:{digest}"
+
+
+# -- Self-Instruct (``--method self-instruct``) -------------------------------------------------
+# Stage 1 asks for a plain numbered list of instructions, stage 2 whether a task is
+# classification, stage 3 for instances: label first for classification tasks (so the labels are
+# not steered by an input written first), input first for the others.
+
+SI_PROMPT_VERSION = "1"
+
+_SI_LIST_HEADER = (
+    "Below is a numbered list of tasks a person might ask an AI assistant to carry out. No two "
+    "tasks are alike: they differ in topic, in the kind of work asked for and in wording.\n\n"
+)
+_SI_LIST_CHAT = (
+    "\n\nContinue the list with items {first} to {last}. Write one task per line, each starting with "
+    "its number, and nothing else."
+)
+_SI_CLASSIFY_HEADER = (
+    "A classification task is one whose answer is a single label from a small, fixed set, for "
+    "example positive or negative, or one of a few categories. For each task below, answer Yes if "
+    "it is a classification task and No if it is not.\n\n"
+)
+_SI_CLASSIFY_DEMO = "Task: {instruction}\nClassification task: {answer}\n\n"
+_SI_CLASSIFY_CUE = "Task: {instruction}\nClassification task:"
+_SI_CLASSIFY_CHAT = "\n\nAnswer with Yes or No only."
+_SI_CLF_HEADER = (
+    "For each classification task below, first list its possible labels, separated by |, then write "
+    "for each label an input for which that label is the right answer. Write \"Input: <none>\" when "
+    "the task needs no input.\n\n"
+)
+_SI_GEN_HEADER = (
+    "Write examples for each task below. An example is an input and the output that correctly "
+    "carries out the task for that input. Write \"Input: <none>\" when the task needs no input. "
+    "Give up to {max} examples per task.\n\n"
+)
+_SI_INSTANCES_CHAT = (
+    "\n\nContinue for this last task in exactly the format above, and write nothing else."
+)
+SI_NO_INPUT = "<none>"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).rstrip(":")
+
+
+def si_list_prompt(instructions: Sequence[str], *, total: int, chat: bool) -> str:
+    """Stage 1: the demos as items 1..k and the opening of item k+1 (completions) or a request."""
+    lines = "".join(f"{i}. {_one_line(text)}\n" for i, text in enumerate(instructions, 1))
+    first = len(instructions) + 1
+    if chat:
+        return _SI_LIST_HEADER + lines.rstrip("\n") + _SI_LIST_CHAT.format(first=first, last=total)
+    return _SI_LIST_HEADER + lines + f"{first}."
+
+
+def si_list_stops(total: int) -> list[str]:
+    return ["\n\n", f"\n{total + 1}.", f"\n{total + 1})"]
+
+
+def si_classify_prompt(demos: Sequence[tuple[str, bool]], instruction: str, *, chat: bool) -> str:
+    """Stage 2: labelled demos, then the question for ``instruction``."""
+    text = _SI_CLASSIFY_HEADER + "".join(
+        _SI_CLASSIFY_DEMO.format(instruction=_one_line(i), answer="Yes" if clf else "No") for i, clf in demos
+    )
+    text += _SI_CLASSIFY_CUE.format(instruction=_one_line(instruction))
+    return text + _SI_CLASSIFY_CHAT if chat else text
+
+
+def _si_input(text: str) -> str:
+    return text.strip() or SI_NO_INPUT
+
+
+def si_classification_instances_prompt(demos: Sequence[_SeedLike], instruction: str, *, chat: bool) -> str:
+    """Stage 3, output first: labels, then an input for each label."""
+    parts = [_SI_CLF_HEADER]
+    for demo in demos:
+        labels = list(dict.fromkeys(o.strip() for _, o in demo.instances))
+        parts.append(f"Task: {_one_line(demo.instruction)}\nLabels: {' | '.join(labels)}\n")
+        for inp, out in demo.instances:
+            parts.append(f"Label: {out.strip()}\nInput: {_si_input(inp)}\n")
+        parts.append("\n")
+    parts.append(f"Task: {_one_line(instruction)}\nLabels:")
+    text = "".join(parts)
+    return text + _SI_INSTANCES_CHAT if chat else text
+
+
+def si_generation_instances_prompt(
+    demos: Sequence[_SeedLike], instruction: str, *, max_instances: int, chat: bool
+) -> str:
+    """Stage 3, input first: numbered examples of input and output."""
+    parts = [_SI_GEN_HEADER.format(max=max_instances)]
+    for demo in demos:
+        parts.append(f"Task: {_one_line(demo.instruction)}\n")
+        for k, (inp, out) in enumerate(demo.instances, 1):
+            parts.append(f"Example {k}\nInput: {_si_input(inp)}\nOutput: {out.strip()}\n")
+        parts.append("\n")
+    parts.append(f"Task: {_one_line(instruction)}\nExample 1\n")
+    text = "".join(parts)
+    return text + _SI_INSTANCES_CHAT if chat else text
+
+
+def si_instances_stops(max_instances: int, classification: bool) -> list[str]:
+    stops = ["\nTask:"]
+    if not classification:
+        stops.append(f"Example {max_instances + 1}")
+    return stops
+
+
+def si_prompt_fingerprint() -> str:
+    parts = (
+        SI_PROMPT_VERSION, _SI_LIST_HEADER, _SI_LIST_CHAT, _SI_CLASSIFY_HEADER, _SI_CLASSIFY_DEMO,
+        _SI_CLASSIFY_CUE, _SI_CLASSIFY_CHAT, _SI_CLF_HEADER, _SI_GEN_HEADER, _SI_INSTANCES_CHAT, SI_NO_INPUT,
+    )  # fmt: skip
+    return "sha256:" + hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+class _SeedLike(Protocol):
+    @property
+    def instruction(self) -> str: ...
+    @property
+    def instances(self) -> tuple[tuple[str, str], ...]: ...

@@ -22,6 +22,7 @@ __all__ = [
     "Rejection",
     "RequestRecord",
     "SeedTask",
+    "SelfInstructTask",
     "Status",
 ]
 
@@ -191,12 +192,16 @@ class Rejection:
     nearest_id: str | None = None
     created: str = ""
     settings: str | None = None
+    stage: str | None = None  # self-instruct: instruction, classification or instances
+    task_id: str | None = None  # self-instruct: the task an instance belonged to
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none(
             {
                 "schema": self.schema,
+                "stage": self.stage,
+                "task_id": self.task_id,
                 "reason": self.reason,
                 "detail": self.detail,
                 "instruction": self.instruction,
@@ -228,6 +233,8 @@ class Rejection:
             nearest_id=_opt_str(data, "nearest_id"),
             created=_str(data, "created", ""),
             settings=_opt_str(data, "settings"),
+            stage=_opt_str(data, "stage"),
+            task_id=_opt_str(data, "task_id"),
         )
 
 
@@ -257,6 +264,8 @@ class RequestRecord:
     created: str = ""
     settings: str | None = None
     carried: dict[str, int] | None = None
+    stage: str | None = None  # self-instruct: instruction, classification or instances
+    task_id: str | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -264,6 +273,8 @@ class RequestRecord:
             {
                 "schema": self.schema,
                 "request": self.request,
+                "stage": self.stage,
+                "task_id": self.task_id,
                 "outcome": self.outcome,
                 "endpoint": self.endpoint or None,
                 "finish_reason": self.finish_reason,
@@ -310,6 +321,84 @@ class RequestRecord:
             created=_str(data, "created", ""),
             settings=_opt_str(data, "settings"),
             carried=carried,
+            stage=_opt_str(data, "stage"),
+            task_id=_opt_str(data, "task_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SelfInstructTask:
+    """One line of ``tasks.jsonl`` (``--method self-instruct``): a finished instruction.
+
+    The seed schema (``id, instruction, is_classification, instances``) plus provenance. A task
+    that got no valid instance is still written, with ``instances`` empty and ``reason`` saying
+    why, so no accepted instruction is ever left without a decision.
+    """
+
+    id: str
+    instruction: str
+    is_classification: bool | None
+    instances: tuple[tuple[str, str], ...]
+    labels: tuple[str, ...] = ()
+    reason: str | None = None
+    most_similar_instruction: str = ""
+    rouge_l: float = 0.0
+    nearest_id: str | None = None
+    model: str = ""
+    created: str = ""
+    settings: str | None = None
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        record = _drop_none(
+            {
+                "schema": self.schema,
+                "id": self.id,
+                "instruction": self.instruction,
+                "instances": [{"input": i, "output": o} for i, o in self.instances],
+                "labels": list(self.labels) or None,
+                "reason": self.reason,
+                "most_similar_instruction": self.most_similar_instruction,
+                "rouge_l": self.rouge_l,
+                "nearest_id": self.nearest_id,
+                "model": self.model,
+                "created": self.created,
+                "settings": self.settings,
+            }
+        )
+        # Always present, as in the seed schema; null when the task was given up on before deciding.
+        record["is_classification"] = self.is_classification
+        return record
+
+    @classmethod
+    def from_json(cls, data: Any) -> SelfInstructTask:
+        if not isinstance(data, dict):
+            raise RecordError(f"expected a JSON object, found {type(data).__name__}")
+        raw = data.get("instances")
+        if not isinstance(raw, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("input", ""), str) and isinstance(i.get("output"), str) for i in raw
+        ):
+            raise RecordError("field 'instances' should be a list of {input, output} strings")
+        clf = data.get("is_classification")
+        if clf is not None and not isinstance(clf, bool):
+            raise RecordError("field 'is_classification' should be true, false or null")
+        labels = data.get("labels") or []
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise RecordError("field 'labels' should be a list of strings")
+        return cls(
+            schema=_schema(data),
+            id=_str(data, "id"),
+            instruction=_str(data, "instruction"),
+            is_classification=clf,
+            instances=tuple((i.get("input", ""), i["output"]) for i in raw),
+            labels=tuple(labels),
+            reason=_opt_str(data, "reason"),
+            most_similar_instruction=_str(data, "most_similar_instruction", ""),
+            rouge_l=_opt_float(data, "rouge_l") or 0.0,
+            nearest_id=_opt_str(data, "nearest_id"),
+            model=_str(data, "model", ""),
+            created=_str(data, "created", ""),
+            settings=_opt_str(data, "settings"),
         )
 
 

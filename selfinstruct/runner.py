@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -262,7 +262,7 @@ class _Session:
         from .engine import Engine, Progress
         from .judge import Judge
         from .llm import EndpointPool
-        from .prompts import PROMPT_VERSION, prompt_fingerprint
+        from .prompts import PROMPT_VERSION, SI_PROMPT_VERSION, prompt_fingerprint, si_prompt_fingerprint
 
         cfg = self.config
         store = self.store
@@ -286,13 +286,20 @@ class _Session:
                 # Resume against the same model even if the server now lists another one first.
                 pool.model = history[-1]["settings"]["model"]
             self.model = await pool.resolve_model()
+            self_instruct = cfg.method == "self-instruct"
             self.generation = cfg.generation_settings(
-                self.model, prompt=prompt_fingerprint(), prompt_version=PROMPT_VERSION, seeds=seeds_hash
+                self.model,
+                prompt=si_prompt_fingerprint() if self_instruct else prompt_fingerprint(),
+                prompt_version=SI_PROMPT_VERSION if self_instruct else PROMPT_VERSION,
+                seeds=seeds_hash,
             )
             self._guard_settings(history)
             self.fingerprint = store.record_settings(self.generation)
+            filters = cfg.filters
+            if self_instruct:  # stage 1 writes instructions only: there is no output to check yet
+                filters = replace(filters, disabled=filters.disabled | {"empty_output"})
             judge = Judge(
-                filters=cfg.filters,
+                filters=filters,
                 threshold=cfg.similarity_threshold,
                 tokenizer=cfg.tokenizer,
                 seeds=seeds,
@@ -300,7 +307,12 @@ class _Session:
                 next_task_number=store.next_task_number,
             )
             progress = Progress(cfg.progress, cfg.num_instructions, len(store.accepted))
-            self.engine = Engine(
+            engine_class = Engine
+            if self_instruct:
+                from .si_engine import SelfInstructEngine
+
+                engine_class = SelfInstructEngine
+            self.engine = engine_class(
                 config=cfg, seeds=seeds, store=store, pool=pool, judge=judge, settings=self.fingerprint,
                 progress=progress, save=self.save,
             )  # fmt: skip

@@ -47,12 +47,14 @@ from .records import (
     RecordError,
     Rejection,
     RequestRecord,
+    SelfInstructTask,
 )
 
 __all__ = [
     "ACCEPTED_FILE",
     "REJECTED_FILE",
     "REQUESTS_FILE",
+    "TASKS_FILE",
     "RUN_FILE",
     "SETTINGS_FILE",
     "RunStore",
@@ -66,6 +68,7 @@ __all__ = [
 ACCEPTED_FILE = "instructions.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 REQUESTS_FILE = "requests.jsonl"
+TASKS_FILE = "tasks.jsonl"  # --method self-instruct: finished tasks with their instances
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = ".lock"
@@ -344,6 +347,20 @@ def read_accepted(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return _read_run_file(out_dir, _checked_dict)
 
 
+def read_self_instruct_tasks(out_dir: str | os.PathLike[str]) -> list[SelfInstructTask]:
+    """The finished tasks of a ``--method self-instruct`` run, with their instances."""
+    directory = Path(out_dir)
+    _check_run_dir(directory)
+    notices: list[str] = []
+    try:
+        records = _read_records(directory / TASKS_FILE, SelfInstructTask.from_json, repair=False, notices=notices)
+    except OSError as exc:
+        raise os_error(exc, directory / TASKS_FILE, "read") from exc
+    for notice in notices:
+        log.warning(notice)
+    return records
+
+
 def read_rejections(out_dir: str | os.PathLike[str]) -> list[Rejection]:
     path = Path(out_dir) / REJECTED_FILE
     notices: list[str] = []
@@ -423,6 +440,7 @@ class RunStore:
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(out_dir)
         self.accepted: list[AcceptedTask] = []
+        self.tasks: dict[str, SelfInstructTask] = {}  # self-instruct: finished tasks by id
         self.counters = Counters()
         self.notices: list[str] = []  # repairs made while opening, for the user to read
         self.next_request = 0
@@ -468,11 +486,13 @@ class RunStore:
         for stale in (*self.dir.glob(".run-*.json"), *self.dir.glob(".settings-*.json")):
             stale.unlink(missing_ok=True)  # a crash while replacing a JSON file leaves its temp file
         self.previous_run = self._read_previous_run()
-        for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):
+        for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE, TASKS_FILE):
             _repair_tail(self.path(name), self.notices)
         self.accepted = _read_records(
             self.path(ACCEPTED_FILE), AcceptedTask.from_json, repair=True, notices=self.notices
         )
+        for task in _read_records(self.path(TASKS_FILE), SelfInstructTask.from_json, repair=True, notices=self.notices):
+            self.tasks[task.id] = task
         tally = self._tally_from_checkpoint() or self._tally_from_scratch()
         self.counters = tally.counters
         self.counters.accepted = len(self.accepted)
@@ -480,7 +500,7 @@ class RunStore:
         self.next_task_number = max(numbers, default=-1) + 1
         self.next_request = max([tally.max_request, *(r.request for r in self.accepted)]) + 1
         try:
-            for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):
+            for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):  # tasks.jsonl only when used
                 # Unbuffered: a commit is one write of whole lines, and a failed write (full disk)
                 # must not leave bytes in a buffer that a later flush would append out of order.
                 self._files[name] = self.path(name).open("ab", buffering=0)
@@ -626,9 +646,10 @@ class RunStore:
 
     def commit(
         self,
-        request: RequestRecord,
+        request: RequestRecord | None,
         accepted: list[AcceptedTask] | tuple[AcceptedTask, ...] = (),
         rejected: list[Rejection] | tuple[Rejection, ...] = (),
+        tasks: list[SelfInstructTask] | tuple[SelfInstructTask, ...] = (),
     ) -> None:
         """Append one request's records, request line first, and flush them.
 
@@ -639,17 +660,19 @@ class RunStore:
             raise StoreError("the store is not open")
         if self._write_failed is not None:
             raise StoreError(str(self._write_failed))  # the first failure is the one to tell
-        writes: list[tuple[str, list[Any], Callable[[], None]]] = [
-            (REQUESTS_FILE, [request], lambda: self.counters.add_request(request)),
-        ]
+        writes: list[tuple[str, list[Any], Callable[[], None]]] = []
+        if request is not None:  # None: a decision that needed no request (a task given up on)
+            writes.append((REQUESTS_FILE, [request], lambda: self.counters.add_request(request)))
         if rejected:
             writes.append((REJECTED_FILE, list(rejected), lambda: [self.counters.add_rejection(r) for r in rejected]))
         if accepted:
             writes.append((ACCEPTED_FILE, list(accepted), lambda: self.accepted.extend(accepted)))
+        if tasks:
+            writes.append((TASKS_FILE, list(tasks), lambda: self.tasks.update((t.id, t) for t in tasks)))
         for name, records, count in writes:
             data = memoryview(b"".join(_dumps(r.to_json()) for r in records))
-            fh = self._files[name]
             try:
+                fh = self._files.get(name) or self._files.setdefault(name, self.path(name).open("ab", buffering=0))
                 while data:
                     written = fh.write(data)
                     data = data[written or 0 :]
