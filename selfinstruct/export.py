@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, StoreError
-from .store import read_accepted
+from .store import TASKS_FILE, read_accepted, read_self_instruct_tasks
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -84,7 +84,23 @@ def chat_prompt(instruction: str, input: str = "") -> str:
     return f"{instruction}\n\n{input}" if _has_input(input) else instruction
 
 
+def _self_instruct_rows(out_dir: Path, include_meta: bool) -> list[dict[str, Any]]:
+    """One row per instance of a ``--method self-instruct`` run (tasks in the order they finished)."""
+    rows: list[dict[str, Any]] = []
+    for task in read_self_instruct_tasks(out_dir):
+        for number, (task_input, output) in enumerate(task.instances):
+            row: dict[str, Any] = {"instruction": task.instruction, "input": task_input, "output": output}
+            if include_meta:
+                row.update(id=task.id, instance=number, is_classification=task.is_classification,
+                           most_similar_instruction=task.most_similar_instruction, rouge_l=task.rouge_l,
+                           nearest_id=task.nearest_id, model=task.model)  # fmt: skip
+            rows.append(row)
+    return rows
+
+
 def _rows(out_dir: str | os.PathLike[str], include_meta: bool) -> list[dict[str, Any]]:
+    if (Path(out_dir) / TASKS_FILE).exists():
+        return _self_instruct_rows(Path(out_dir), include_meta)
     rows: list[dict[str, Any]] = []
     for number, record in enumerate(read_accepted(out_dir), 1):
         instruction, output = record.get("instruction"), record.get("output")
