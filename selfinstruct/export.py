@@ -7,6 +7,8 @@ Formats (``EXPORT_FORMATS``):
 ``sharegpt``           JSONL ``{"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}``
 ``openai``             JSONL ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``
 ``prompt-completion``  JSONL ``{"prompt", "completion"}``; the prompt is an Alpaca-style template
+``self-instruct``      JSONL ``{"prompt", "completion"}`` in one of several layouts, chosen per row
+                       reproducibly (Self-Instruct's fine-tuning format, our wording)
 ``hf``                 a ``datasets.Dataset`` saved with ``save_to_disk`` (needs the ``hf`` extra)
 
 The chat formats have no separate input slot, so their user turn is the instruction, followed by a
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import stat
@@ -46,7 +49,9 @@ __all__ = [
     "training_prompt",
 ]
 
-EXPORT_FORMATS: tuple[str, ...] = ("alpaca", "alpaca-jsonl", "sharegpt", "openai", "prompt-completion", "hf")
+EXPORT_FORMATS: tuple[str, ...] = (
+    "alpaca", "alpaca-jsonl", "sharegpt", "openai", "prompt-completion", "self-instruct", "hf",
+)  # fmt: skip
 
 # Formats that may carry the per-task metadata (the others have a fixed shape).
 _META_FORMATS = ("alpaca", "alpaca-jsonl")
@@ -171,7 +176,38 @@ def _prompt_completion(rows: list[dict[str, Any]]) -> Iterator[str]:
     )
 
 
+# Self-Instruct fine-tuning layouts: the model learns the task from several ways of asking, not
+# one template. (prompt, completion prefix); {i} instruction, {x} input.
+SELF_INSTRUCT_LAYOUTS_WITH_INPUT: tuple[tuple[str, str], ...] = (
+    ("{i}\n\nInput: {x}\n\nResponse:", " "),
+    ("{i}\n{x}\n\n", ""),
+    ("Task: {i}\nInput: {x}\nAnswer:", " "),
+    ("{i}\n\n{x}\n\nAnswer:", " "),
+    ("Instruction: {i}\nInput: {x}\n\n", ""),
+)
+SELF_INSTRUCT_LAYOUTS_NO_INPUT: tuple[tuple[str, str], ...] = (
+    ("{i}\n\nResponse:", " "),
+    ("{i}\n\n", ""),
+    ("Task: {i}\nAnswer:", " "),
+    ("Instruction: {i}\n\n", ""),
+)
+
+
+def _self_instruct(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """prompt/completion pairs, each in a layout drawn reproducibly from the row's own text."""
+
+    def pair(row: dict[str, Any]) -> dict[str, str]:
+        instruction, task_input, output = row["instruction"].strip(), row["input"].strip(), row["output"].strip()
+        layouts = SELF_INSTRUCT_LAYOUTS_WITH_INPUT if task_input else SELF_INSTRUCT_LAYOUTS_NO_INPUT
+        rng = random.Random(f"{instruction}\x00{task_input}")  # same file on every export
+        prompt, prefix = rng.choice(layouts)
+        return {"prompt": prompt.format(i=instruction, x=task_input), "completion": prefix + output}
+
+    return _jsonl(pair(r) for r in rows)
+
+
 _TEXT_WRITERS: dict[str, Callable[[list[dict[str, Any]]], Iterable[str]]] = {
+    "self-instruct": _self_instruct,
     "alpaca": _alpaca,
     "alpaca-jsonl": _jsonl,
     "sharegpt": _sharegpt,

@@ -238,3 +238,19 @@ def test_filter_keeps_at_most_k_in_answer_order() -> None:
     verdict = filter_instances(instances, labels=(), classification=False, max_instances=5)
     assert verdict.kept == instances[:5]
     assert [r for _, r in verdict.rejected] == ["over_max_instances"] * 3 and verdict.task_reason is None
+
+
+def test_self_instruct_export_format_is_reproducible_and_varied(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        server.set_handler(SelfInstructServer())
+        assert run_cli(*si_args(out, server, 30, "--concurrency", "2")).returncode == 0
+    for name in ("a.jsonl", "b.jsonl"):
+        assert run_cli("export", str(out), "--format", "self-instruct", "-o", str(tmp_path / name)).returncode == 0
+    first = (tmp_path / "a.jsonl").read_text()
+    assert first == (tmp_path / "b.jsonl").read_text()
+    pairs = [json.loads(line) for line in first.splitlines()]
+    assert len(pairs) == sum(len(t["instances"]) for t in lines(out / "tasks.jsonl"))
+    assert len({p["prompt"].split("\n")[0].split(":")[0] for p in pairs if p["prompt"].startswith(("Task:", "Instruction:"))}) == 2
+    for pair, task in zip(pairs, [t for t in lines(out / "tasks.jsonl") for _ in t["instances"]]):
+        assert task["instruction"] in pair["prompt"]
