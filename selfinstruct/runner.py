@@ -49,6 +49,7 @@ class RunSummary:
     session_candidates: int = 0
     error: str | None = None
     signal: int | None = None
+    self_instruct: tuple[int, int, int] | None = None  # tasks finished, instances, classification tasks
 
     def format(self) -> str:
         c = self.counters
@@ -73,6 +74,10 @@ class RunSummary:
                 f"  {url}: {e.get('successes', 0)} answers, errors: {errors}; concurrency {e.get('concurrency_limit')} "
                 f"(peak {e.get('concurrency_peak')}), mean latency {e.get('mean_latency_s')} s, rested {e.get('rests', 0)}x"
             )
+        if self.self_instruct is not None:
+            tasks, instances, clf = self.self_instruct
+            lines.insert(1, f"  self-instruct: {tasks} of {self.accepted} instructions have their decision, "
+                            f"{instances} instances, {clf} classification tasks")  # fmt: skip
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -179,6 +184,7 @@ class _Session:
                 "concurrency": self.config.concurrency if self.config.concurrency is not None else "auto",
                 "max_concurrency": self.config.max_concurrency,
                 "request_timeout": self.config.request_timeout,
+                "seed_tasks": str(self.config.seed_tasks) if self.config.seed_tasks else "bundled",
             },
             "counters": store.counters.to_json(),
             "endpoints": self.pool.stats() if self.pool is not None else previous.get("endpoints", {}),
@@ -199,6 +205,11 @@ class _Session:
             endpoints=self.pool.stats() if self.pool is not None else {},
             session_candidates=self.engine.session_candidates if self.engine is not None else 0,
             error=self.error,
+            self_instruct=(
+                (len(store.tasks), sum(len(t.instances) for t in store.tasks.values()),
+                 sum(1 for t in store.tasks.values() if t.is_classification))
+                if store and (store.tasks or self.config.method == "self-instruct") else None
+            ),  # fmt: skip
         )
 
     # -- phases -------------------------------------------------------------------------------
@@ -211,7 +222,8 @@ class _Session:
         try:
             for notice in store.notices:
                 log.warning(notice)
-            if len(store.accepted) >= cfg.num_instructions:
+            undecided = cfg.method == "self-instruct" and any(a.id not in store.tasks for a in store.accepted)
+            if len(store.accepted) >= cfg.num_instructions and not undecided:
                 # A finished run is finished: no server is contacted, nothing is started.
                 self.status = "done"
                 previous_model = (store.previous_run.get("generation") or {}).get("model")

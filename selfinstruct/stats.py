@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, SelfInstructError, StoreError
 from .store import read_accepted, read_rejections, read_run, scan_counters
 
 __all__ = [
@@ -214,7 +214,64 @@ def _compute(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]], lis
         "elapsed_seconds": elapsed,
         "tasks_per_minute": n_accepted / (elapsed / 60) if elapsed else None,
     }
+    si = _self_instruct_stats(directory, run, rejected_records)
+    if si is not None:
+        stats["self_instruct"] = si
     return stats, accepted, rejected_records
+
+
+def _self_instruct_stats(directory: Path, run: dict[str, Any], rejected: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Self-Instruct paper's overview table for a ``--method self-instruct`` run."""
+    from .store import TASKS_FILE, read_self_instruct_tasks
+
+    if not (directory / TASKS_FILE).exists():
+        return None
+    tasks = read_self_instruct_tasks(directory)
+    instances = [pair for t in tasks for pair in t.instances]
+    decided = [t for t in tasks if t.is_classification is not None]
+    by_stage: dict[str, Counter[str]] = {}
+    for r in rejected:
+        by_stage.setdefault(str(r.get("stage") or "instruction"), Counter())[str(r.get("reason"))] += 1
+
+    def mean(values: list[int]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    rouge = _seed_rouge(run, [t.instruction for t in tasks])
+    bins, over = _rouge_histogram(rouge)
+    return {
+        "instructions": len(tasks),
+        "with_instances": sum(1 for t in tasks if t.instances),
+        "classification": sum(1 for t in decided if t.is_classification),
+        "classification_share": sum(1 for t in decided if t.is_classification) / len(decided) if decided else None,
+        "instances": len(instances),
+        "instances_empty_input": sum(1 for i, _ in instances if not i.strip()),
+        "instances_per_task": len(instances) / len(tasks) if tasks else None,
+        "mean_words": {
+            "instruction": mean([_words(t.instruction) for t in tasks]),
+            "input": mean([_words(i) for i, _ in instances if i.strip()]),
+            "output": mean([_words(o) for _, o in instances]),
+        },
+        "no_instance_reasons": dict(Counter(t.reason for t in tasks if t.reason).most_common()),
+        "rejections_by_stage": {stage: dict(c.most_common()) for stage, c in sorted(by_stage.items())},
+        "rouge_l_to_nearest_seed": {"count": len(rouge), "bins": bins, "over": over},
+    }
+
+
+def _seed_rouge(run: dict[str, Any], instructions: list[str]) -> list[float]:
+    """ROUGE-L of each instruction against its nearest seed (the seed file the run names, if readable)."""
+    from .seeds import load_seed_tasks
+    from .similarity import RougeLIndex
+
+    session = run.get("session") if isinstance(run.get("session"), dict) else {}
+    source = session.get("seed_tasks") if isinstance(session, dict) else None
+    try:
+        seeds = load_seed_tasks(None if source in (None, "bundled") else source)
+    except SelfInstructError:
+        return []
+    tokenizer = (run.get("generation") or {}).get("tokenizer", "rouge")
+    index = RougeLIndex(tokenizer=tokenizer if tokenizer in ("rouge", "unicode") else "rouge")
+    index.extend(t.instruction for t in seeds)
+    return [index.nearest(text)[0] for text in instructions]
 
 
 # ---------------------------------------------------------------- text report
@@ -337,6 +394,29 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines += _table(
             [[text, _fmt_int(count), _fmt_pct(count, accepted)] for text, count in block["top"]], align="lr"
         )
+
+    si = stats.get("self_instruct")
+    if si:
+        lines += ["", "Self-Instruct"]
+        rows = [
+            ["instructions", _fmt_int(si["instructions"])],
+            ["  with instances", _fmt_int(si["with_instances"])],
+            ["  classification", f"{_fmt_int(si['classification'])} ({_fmt_pct(si['classification'], si['instructions'])})"],
+            ["instances", _fmt_int(si["instances"])],
+            ["  with empty input", _fmt_int(si["instances_empty_input"])],
+            ["  per instruction", _fmt_num(si["instances_per_task"], 2)],
+        ]
+        for field, value in si["mean_words"].items():
+            rows.append([f"mean {field} words", _fmt_num(value)])
+        lines += _table(rows, align="lr")
+        for stage, reasons in si["rejections_by_stage"].items():
+            lines.append(f"  rejected at {stage}: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
+        if si["no_instance_reasons"]:
+            lines.append("  no instances: " + ", ".join(f"{k} {v}" for k, v in si["no_instance_reasons"].items()))
+        seed = si["rouge_l_to_nearest_seed"]
+        if seed["count"]:
+            lines.append("  ROUGE-L to the nearest seed: " + " ".join(
+                f"{b['low']:.1f}:{b['count']}" for b in seed["bins"]) + f" >=0.7:{seed['over']}")  # fmt: skip
 
     tokens = stats["tokens"]
     lines += ["", "Tokens"]

@@ -254,3 +254,32 @@ def test_self_instruct_export_format_is_reproducible_and_varied(tmp_path: Path) 
     assert len({p["prompt"].split("\n")[0].split(":")[0] for p in pairs if p["prompt"].startswith(("Task:", "Instruction:"))}) == 2
     for pair, task in zip(pairs, [t for t in lines(out / "tasks.jsonl") for _ in t["instances"]]):
         assert task["instruction"] in pair["prompt"]
+
+
+def test_stats_report_the_self_instruct_table(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        server.set_handler(SelfInstructServer())
+        assert run_cli(*si_args(out, server, 12, "--concurrency", "2")).returncode == 0
+    result = run_cli("stats", str(out), "--json")
+    si = json.loads(result.stdout)["self_instruct"]
+    tasks = lines(out / "tasks.jsonl")
+    assert si["instructions"] == 12 and si["instances"] == sum(len(t["instances"]) for t in tasks)
+    assert si["classification"] == sum(1 for t in tasks if t["is_classification"])
+    assert si["rouge_l_to_nearest_seed"]["count"] == 12
+    assert "Self-Instruct" in run_cli("stats", str(out)).stdout
+
+
+def test_instructions_accepted_but_not_yet_decided_are_finished_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        server.set_handler(SelfInstructServer())
+        assert run_cli(*si_args(out, server, 8, "--concurrency", "2")).returncode == 0
+        # As a kill between stage 1 and stage 3 leaves it: the target's instructions, not all their tasks.
+        kept = (out / "tasks.jsonl").read_text().splitlines(keepends=True)[:5]
+        (out / "tasks.jsonl").write_text("".join(kept))
+        before = len(server.completion_requests())
+        result = run_cli(*si_args(out, server, 8, "--concurrency", "2"))
+        assert result.returncode == 0, result.stderr
+        assert len(server.completion_requests()) > before
+    check_run(out, 8)
