@@ -21,18 +21,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import SelfInstructError
 from .judge import Accept, Judge, Verdict
-from .llm import Completion, EndpointPool, GenerationRequest, redact_url
-
-try:  # TEMP until llm.py lands RequestFailed
-    from .llm import RequestFailed
-except ImportError:  # pragma: no cover
-    from dataclasses import dataclass as _dc
-
-    @_dc(frozen=True)
-    class RequestFailed:  # type: ignore[no-redef]
-        kind: str
-        message: str
-        endpoint: str | None = None
+from .llm import Completion, EndpointPool, GenerationRequest, RequestFailed, redact_url
 from .prompts import build_chat_messages, build_completion_prompt, stop_sequences
 from .records import AcceptedTask, Candidate, Rejection, RequestRecord, SeedTask
 from .store import RunStore, now_utc
@@ -169,8 +158,6 @@ class Engine:
             self._outstanding += 1
             try:
                 result = await self.pool.generate(request)
-                if result is None:  # TEMP
-                    result = RequestFailed("failed", "every attempt failed")
             finally:
                 self._outstanding -= 1
                 self._answered.set()

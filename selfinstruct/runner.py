@@ -291,7 +291,7 @@ class _Session:
             backoff_base=cfg.retry_wait,
             backoff_cap=cfg.retry_wait_max,
             give_up_after=cfg.give_up_after,
-            **({"max_consecutive_bad_requests": cfg.max_consecutive_bad_requests} if "max_consecutive_bad_requests" in EndpointPool.__init__.__code__.co_varnames else {}),  # TEMP
+            max_consecutive_bad_requests=cfg.max_consecutive_bad_requests,
         )
         try:
             if cfg.model is None and history and isinstance(history[-1]["settings"].get("model"), str):

@@ -6,6 +6,21 @@ generator of fresh tasks in the Alpaca block format. Faults (HTTP errors, droppe
 slow answers, truncated answers) are scripted the same way. ``latency`` and ``capacity`` model
 a server with a fixed number of slots, so a client's achieved concurrency can be measured.
 
+Misbehaving servers, for testing a client's defences:
+
+* ``Reply.raw(body, status, content_type)`` / ``Reply.json(value)`` send any bytes or any JSON
+  verbatim: malformed JSON with status 200, non-object JSON, empty ``choices``, ``content:
+  null``, lone surrogates (``"\\ud83d"``), bad ``usage``, huge bodies, HTML.
+* ``Reply.trickle(reply, interval, part="body"|"head")`` sends the body (or the status line and
+  headers) of ``reply`` one byte every ``interval`` seconds.
+* ``Reply.error(429, headers={"Retry-After": "300"})``; ``FakeOpenAI(api_key=...)`` answers 401
+  to any other key, per server instance.
+* ``models_reply``: what ``GET /v1/models`` answers instead of the model list, e.g.
+  ``Reply.raw("<html>…", content_type="text/html")`` (a web UI on that port),
+  ``Reply.json(["m1"])`` (bare list), ``Reply.json({"models": [{"name": "m1"}]})`` (Ollama's
+  native shape), ``Reply.raw("404 page not found", 404, "text/plain")`` (no /v1/models), or a
+  ``trickle``/``slow``/``drop``.
+
 The server is a single asyncio event loop in a daemon thread: cheap per connection, so hundreds
 of concurrent keep-alive connections cost little CPU. Everything the tests read (``requests``,
 ``emitted``, the counters) is only mutated on that loop thread.
@@ -86,7 +101,7 @@ def _as_task(item: TaskLike) -> Task:
 class Reply:
     """What the server does with one completion request. Build it with the classmethods."""
 
-    kind: str  # tasks | text | truncated | error | drop | slow | default
+    kind: str  # tasks | text | truncated | error | drop | slow | default | raw | trickle
     items: tuple[Task, ...] = ()  # for tasks / truncated
     raw: str = ""
     finish_reason: str = "stop"
@@ -98,6 +113,9 @@ class Reply:
     delay: float = 0.0
     inner: Reply | None = None
     count: int | None = None
+    body: bytes = b""  # for raw
+    content_type: str = "application/json"  # for raw
+    part: str = "body"  # for trickle: body | head
 
     @classmethod
     def tasks(cls, tasks: Iterable[TaskLike], finish_reason: str = "stop") -> Reply:
@@ -156,6 +174,39 @@ class Reply:
         return cls("slow", delay=float(seconds), inner=reply)
 
     @classmethod
+    def raw(
+        cls,
+        body: str | bytes,
+        status: int = 200,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """Send ``body`` verbatim with this status and Content-Type (str is UTF-8 encoded)."""
+        data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+        return cls(
+            "raw",
+            status=status,
+            body=data,
+            content_type=content_type,
+            headers=tuple((headers or {}).items()),
+        )
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        """Send any JSON value verbatim (lone surrogates are written as ``\\udXXX`` escapes)."""
+        return cls.raw(json.dumps(value), status, "application/json", headers)
+
+    @classmethod
+    def trickle(cls, reply: Reply, interval: float, part: str = "body") -> Reply:
+        """Act as ``reply`` but send its body (or its status line and headers, ``part="head"``)
+        one byte every ``interval`` seconds."""
+        if interval < 0:
+            raise ValueError("trickle() needs a non-negative interval")
+        if part not in ("body", "head"):
+            raise ValueError(f"trickle part must be 'body' or 'head', not {part!r}")
+        return cls("trickle", delay=float(interval), inner=reply, part=part)
+
+    @classmethod
     def default(cls, count: int | None = None) -> Reply:
         """Fresh generated tasks, as when nothing is scripted (``count`` overrides k)."""
         return cls("default", count=count)
@@ -168,6 +219,18 @@ class Reply:
             delay += reply.delay
             reply = reply.inner
         return reply, delay
+
+    def peel(self) -> tuple[Reply, float, Reply | None]:
+        """Like ``unwrap`` but also through ``trickle``: (reply, delay, outermost trickle)."""
+        reply, delay, trickle = self, 0.0, None
+        while reply.kind in ("slow", "trickle"):
+            assert reply.inner is not None
+            if reply.kind == "slow":
+                delay += reply.delay
+            elif trickle is None:
+                trickle = reply
+            reply = reply.inner
+        return reply, delay, trickle
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
@@ -222,7 +285,7 @@ class RecordedRequest:
     started: float | None = None  # when a capacity slot was granted
     finish: float | None = None
     status: int | None = None  # None until answered; 0 for a dropped connection
-    kind: str | None = None  # tasks | text | truncated | error | drop | models | health | stats
+    kind: str | None = None  # tasks | text | truncated | error | drop | raw | models | health | stats
     source: str | None = None  # handler | queue | default | server
     delay: float = 0.0  # extra seconds from Reply.slow
     contents: list[str] = field(default_factory=list)  # one per choice
@@ -508,6 +571,7 @@ class FakeOpenAI:
         keep_bodies: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        models_reply: Reply | None = None,
     ) -> None:
         if capacity is not None and capacity < 1:
             raise ValueError("capacity must be at least 1 (or None for unlimited)")
@@ -523,6 +587,8 @@ class FakeOpenAI:
         self.host = host
         self.port = port
         self.generator = TaskGenerator(seed)
+        # What GET /v1/models answers instead of the model list (see the module docstring).
+        self.models_reply = models_reply
 
         self.requests: list[RecordedRequest] = []
         self.emitted: list[Task] = []
@@ -822,6 +888,28 @@ class FakeOpenAI:
             chunks.append(await reader.readexactly(size))
             await reader.readexactly(2)
 
+    @staticmethod
+    def _head(
+        status: int,
+        length: int,
+        keep_alive: bool,
+        extra_headers: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+    ) -> bytes:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        head = [
+            f"HTTP/1.1 {status} {phrase}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {length}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+            "Server: fake-openai",
+        ]
+        head += [f"{name}: {value}" for name, value in extra_headers]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+
     def _write(
         self,
         writer: asyncio.StreamWriter,
@@ -833,19 +921,38 @@ class FakeOpenAI:
         if writer.is_closing():
             return
         body = json.dumps(payload).encode()
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        head = [
-            f"HTTP/1.1 {status} {phrase}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            f"Connection: {'keep-alive' if keep_alive else 'close'}",
-            "Server: fake-openai",
-        ]
-        head += [f"{name}: {value}" for name, value in extra_headers]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        writer.write(self._head(status, len(body), keep_alive, extra_headers) + body)
+
+    async def _emit(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        keep_alive: bool,
+        extra_headers: Sequence[tuple[str, str]] = (),
+        content_type: str = "application/json",
+        trickle: Reply | None = None,
+    ) -> None:
+        """Send one response, all at once or with one part trickled byte by byte."""
+        if writer.is_closing():
+            return
+        head = self._head(status, len(body), keep_alive, extra_headers, content_type)
+        if trickle is None:
+            writer.write(head + body)
+            return
+        if trickle.part == "head":
+            slow, rest = head, body
+        else:
+            writer.write(head)
+            slow, rest = body, b""
+        for i in range(len(slow)):
+            if i:
+                await asyncio.sleep(trickle.delay)
+            if writer.is_closing():  # the client gave up
+                return
+            writer.write(slow[i : i + 1])
+            await writer.drain()
+        writer.write(rest)
 
     def _record(self, request: _Request) -> RecordedRequest:
         headers = {k: v for k, v in request.headers.items() if k != "authorization"}
@@ -879,11 +986,12 @@ class FakeOpenAI:
         if path.startswith("/v1/") and not self._authorized(request):
             return self._reject(record, writer, keep, 401, *self._auth_message(request))
         if path == "/v1/models" and method == "GET":
+            listing = {"object": "list", "data": [self._model(m) for m in self.models]}
+            if self.models_reply is not None:
+                return await self._play_models(self.models_reply, record, writer, keep, listing)
             self._finish(record, 200, "models", "server")
             self._notify()
-            self._write(
-                writer, 200, {"object": "list", "data": [self._model(m) for m in self.models]}, keep
-            )
+            self._write(writer, 200, listing, keep)
             return keep
         if path.startswith("/v1/models/") and method == "GET":
             model_id = path[len("/v1/models/") :]
@@ -894,6 +1002,37 @@ class FakeOpenAI:
             self._write(writer, 200, self._model(model_id), keep)
             return keep
         return self._reject(record, writer, keep, 404, f"Unknown request URL: {method} {path}")
+
+    async def _play_models(
+        self,
+        reply: Reply,
+        record: RecordedRequest,
+        writer: asyncio.StreamWriter,
+        keep: bool,
+        listing: dict[str, Any],
+    ) -> bool:
+        reply, delay, trickle = reply.peel()
+        record.delay = delay
+        if delay:
+            await asyncio.sleep(delay)
+        if reply.kind == "drop":
+            self._finish(record, 0, "drop", "server")
+            self._notify()
+            writer.close()
+            return False
+        if reply.kind == "error":
+            status, kind = reply.status, "error"
+            body = json.dumps(
+                _error_body(reply.message, reply.error_type or "server_error", reply.error_code)
+            ).encode()
+        elif reply.kind == "raw":
+            status, kind, body = reply.status, "raw", reply.body
+        else:
+            status, kind, body = 200, "models", json.dumps(listing).encode()
+        self._finish(record, status, kind, "server")
+        self._notify()
+        await self._emit(writer, status, body, keep, reply.headers, reply.content_type, trickle)
+        return keep
 
     def _model(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "fake-openai"}
@@ -1034,7 +1173,7 @@ class FakeOpenAI:
             except Exception:  # noqa: BLE001 - surface handler bugs as a 500 and in internal_errors
                 self.internal_errors.append(traceback.format_exc())
                 return reject(500, "the test handler raised; see FakeOpenAI.internal_errors")
-            reply, delay = reply.unwrap()
+            reply, delay, trickle = reply.peel()
             record.delay = delay
 
             assert self._resume_event is not None
@@ -1075,13 +1214,22 @@ class FakeOpenAI:
                 payload = _error_body(
                     reply.message, reply.error_type or "server_error", reply.error_code
                 )
-                self._write(writer, reply.status, payload, keep, reply.headers)
+                data = json.dumps(payload).encode()
+                await self._emit(writer, reply.status, data, keep, reply.headers, trickle=trickle)
+                return keep
+            if reply.kind == "raw":
+                self._finish(record, reply.status, "raw", source)
+                departed = True
+                self._depart(record)
+                await self._emit(
+                    writer, reply.status, reply.body, keep, reply.headers, reply.content_type, trickle
+                )
                 return keep
             payload = self._answer(request.path, body, reply, record)
             self._finish(record, 200, "tasks" if reply.kind == "default" else reply.kind, source)
             departed = True
             self._depart(record)
-            self._write(writer, 200, payload, keep)
+            await self._emit(writer, 200, json.dumps(payload).encode(), keep, trickle=trickle)
             return keep
         finally:
             if not departed:  # cancelled (server stopping) or a bug: keep the counters honest

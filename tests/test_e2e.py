@@ -138,3 +138,20 @@ def test_server_is_stopped_after_an_error(tmp_path: Path) -> None:
     assert "does not serve model 'no-such-model'" in result.stderr
     assert (out / "embedded-server.log").exists()
     assert server_pids(out) == set()
+
+
+def test_self_instruct_run_finishes_on_the_embedded_model(tmp_path: Path) -> None:
+    out = tmp_path / "si"
+    result = run_cli("generate", "-o", str(out), "-n", "3", "--method", "self-instruct", "--max-tokens", "300",
+                     "--max-instances", "3", "-q", timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    instructions = accepted(out)
+    tasks = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()]
+    assert len(instructions) == 3
+    # Every instruction got its decision: instances, or none and the reason why.
+    assert sorted(t["id"] for t in tasks) == sorted(i["id"] for i in instructions)
+    for task in tasks:
+        assert task["instances"] or task["reason"]
+        assert len(task["instances"]) <= 3
+    stages = {json.loads(line).get("stage") for line in (out / "requests.jsonl").read_text().splitlines()}
+    assert {"instruction", "classification", "instances"} <= stages

@@ -428,6 +428,101 @@ def test_llama_quirks() -> None:
             chat(c, "x", max_tokens=0)
 
 
+# -- misbehaving modes --------------------------------------------------------------------------
+
+CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+
+
+def test_raw_reply_is_sent_verbatim(server: FakeOpenAI) -> None:
+    server.enqueue(
+        Reply.raw("{broken", headers={"X-Extra": "1"}),
+        Reply.raw(b"<html>ui</html>", 202, "text/html"),
+        Reply.json(["not", "an", "object", "\ud83d"]),
+    )
+    with connect(server) as sock:
+        send(sock, "POST", "/v1/chat/completions", json.dumps(CHAT_BODY).encode())
+        status, headers, body = receive(sock)
+        assert (status, body, headers["x-extra"]) == (200, b"{broken", "1")
+        send(sock, "POST", "/v1/chat/completions", json.dumps(CHAT_BODY).encode())
+        status, headers, body = receive(sock)
+        assert (status, headers["content-type"], body) == (202, "text/html", b"<html>ui</html>")
+        send(sock, "POST", "/v1/chat/completions", json.dumps(CHAT_BODY).encode())
+        _, _, body = receive(sock)
+        assert body == b'["not", "an", "object", "\\ud83d"]'  # a lone surrogate, escaped
+    assert [r.kind for r in server.requests] == ["raw", "raw", "raw"]
+    assert [r.status for r in server.requests] == [200, 202, 200]
+
+
+def test_reply_constructors_validate() -> None:
+    with pytest.raises(ValueError):
+        Reply.trickle(Reply.text("x"), -1)
+    with pytest.raises(ValueError):
+        Reply.trickle(Reply.text("x"), 0.1, part="tail")
+    slow_trickle = Reply.slow(0.5, Reply.trickle(Reply.slow(0.25, Reply.text("x")), 0.1))
+    reply, delay, trickle = slow_trickle.peel()
+    assert (reply.kind, delay, trickle is not None and trickle.part) == ("text", 0.75, "body")
+    assert slow_trickle.unwrap() == (slow_trickle.inner, 0.5)  # unwrap stops at trickle, as before
+
+
+@pytest.mark.parametrize("part", ["body", "head"])
+def test_trickle_sends_the_whole_response_byte_by_byte(server: FakeOpenAI, part: str) -> None:
+    server.enqueue(Reply.trickle(Reply.text("hello"), 0.001, part=part))
+    server.enqueue(Reply.trickle(Reply.error(503), 0.0, part=part))
+    with connect(server) as sock:
+        status, _, body = post_json(sock, "/v1/chat/completions", CHAT_BODY)
+        assert status == 200 and body["choices"][0]["message"]["content"] == "hello"
+        status, _, body = post_json(sock, "/v1/chat/completions", CHAT_BODY)  # still keep-alive
+        assert status == 503 and body["error"]["type"] == "server_error"
+    assert [r.kind for r in server.requests] == ["text", "error"]
+
+
+def test_client_hanging_up_during_a_trickle_is_harmless(server: FakeOpenAI) -> None:
+    server.enqueue(Reply.trickle(Reply.text("x" * 1000), 0.01))
+    with connect(server) as sock:
+        send(sock, "POST", "/v1/chat/completions", json.dumps(CHAT_BODY).encode())
+        assert sock.recv(10)  # the answer has started
+    with connect(server) as sock:  # the server is still fine
+        assert post_json(sock, "/v1/chat/completions", CHAT_BODY)[0] == 200
+    # The fixture checks internal_errors is empty; stop() cancels a trickle still running.
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "body"),
+    [
+        (Reply.raw("<!doctype html><html></html>", content_type="text/html"), 200, b"<!doctype html><html></html>"),
+        (Reply.json(["m1", "m2"]), 200, b'["m1", "m2"]'),
+        (Reply.json({"models": [{"name": "m1", "model": "m1"}]}), 200, b'{"models": [{"name": "m1", "model": "m1"}]}'),
+        (Reply.raw("404 page not found", 404, "text/plain"), 404, b"404 page not found"),
+        (Reply.trickle(Reply.json(["m"]), 0.001, part="head"), 200, b'["m"]'),
+    ],
+    ids=["html", "bare_list", "ollama", "no_route", "trickle"],
+)
+def test_models_reply_replaces_the_model_list(reply: Reply, status: int, body: bytes) -> None:
+    with FakeOpenAI(models_reply=reply) as fake:
+        with connect(fake) as sock:
+            send(sock, "GET", "/v1/models")
+            assert receive(sock)[::2] == (status, body)
+        fake.models_reply = None
+        with connect(fake) as sock:
+            send(sock, "GET", "/v1/models")
+            assert json.loads(receive(sock)[2])["data"][0]["id"] == "fake-model"
+        assert fake.completion_requests() == [] and fake.internal_errors == []
+
+
+def test_models_reply_error_and_drop_and_auth() -> None:
+    with FakeOpenAI(models_reply=Reply.error(500), api_key="key") as fake:
+        with openai.OpenAI(base_url=fake.base_url, api_key="key", max_retries=0) as c:
+            with pytest.raises(openai.InternalServerError):
+                c.models.list()
+            fake.models_reply = Reply.drop()
+            with pytest.raises(openai.APIConnectionError):
+                c.models.list()
+        with openai.OpenAI(base_url=fake.base_url, api_key="wrong", max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError):  # auth comes first
+                c.models.list()
+        assert [r.status for r in fake.requests] == [500, 0, 401]
+
+
 # -- handler, queue and records -----------------------------------------------------------------
 
 

@@ -1,0 +1,386 @@
+"""Unit tests of selfinstruct.llm: AIMD limit, error classification, Retry-After, redaction,
+answer parsing. No server; see test_pool_hostile.py for the pool against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from typing import Any
+
+import openai
+import pytest
+
+from selfinstruct import llm
+from selfinstruct.llm import (
+    MAX_CONCURRENCY_PER_ENDPOINT,
+    AdaptiveLimit,
+    EndpointPool,
+    RequestFailed,
+    redact_url,
+)
+
+http = llm._http_module()
+URL = "http://127.0.0.1:9/v1"
+
+
+class Clock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def pool() -> Iterator[EndpointPool]:
+    p = EndpointPool([URL], api_key="sk-test-secret-key-123", model="m")
+    yield p
+    asyncio.run(p.aclose())
+
+
+# -- AdaptiveLimit ----------------------------------------------------------------------------
+
+
+def test_slow_start_doubles_per_round_trip_then_grows_by_one() -> None:
+    limit = AdaptiveLimit(initial=4, maximum=64, clock=Clock())
+    for _ in range(4):  # one round trip at 4 in flight
+        limit.on_success(1.0, 100)
+    assert limit.value == 8
+    limit.ssthresh = 8.0  # congestion avoidance from here: +1 per round trip of 8 answers
+    for _ in range(8):
+        limit.on_success(1.0, 100)
+    assert limit.value == 8 and limit.limit == pytest.approx(9.0, abs=0.1)
+
+
+def test_limit_never_exceeds_maximum_and_fixed_never_moves() -> None:
+    limit = AdaptiveLimit(initial=4, maximum=6, clock=Clock())
+    for _ in range(50):
+        limit.on_success(1.0, 100)
+    assert limit.value == 6 and limit.peak == 6
+    fixed = AdaptiveLimit(fixed=3, clock=Clock())
+    fixed.on_overload()
+    fixed.on_success(100.0, 1)
+    assert fixed.value == 3 and fixed.maximum == 3 and fixed.cuts == 0
+
+
+def test_overload_halves_once_per_round_trip_and_sets_ssthresh_at_episode_start() -> None:
+    clock = Clock(0.0)  # a clock starting at 0 must still allow the first cut
+    limit = AdaptiveLimit(initial=64, maximum=64, clock=clock)
+    limit.on_success(2.0, 100)  # best latency 2 s: one round trip
+    limit.on_overload()
+    assert limit.value == 32 and limit.ssthresh == 32 and limit.cuts == 1
+    limit.on_overload()  # same round trip: one burst counts once
+    assert limit.value == 32 and limit.cuts == 1
+    clock.now = 2.5  # next round trip, same storm: lower the limit, keep ssthresh
+    limit.on_overload()
+    assert limit.value == 16 and limit.ssthresh == 32
+    clock.now = 100.0  # a new episode, long after: ssthresh moves again
+    limit.on_overload()
+    assert limit.value == 8 and limit.ssthresh == 8
+    for _ in range(10):
+        limit.on_overload()
+        clock.now += 3
+    assert limit.value == 1  # never below one
+
+
+def test_latency_far_above_baseline_cuts_ten_percent() -> None:
+    clock = Clock(10.0)
+    limit = AdaptiveLimit(initial=20, maximum=20, clock=clock)
+    limit.on_success(1.0, 100)  # 10 ms per token
+    before = limit.limit
+    clock.now = 20.0
+    limit.on_success(5.0, 100)  # 50 ms per token: congestion
+    assert limit.limit == pytest.approx(before * 0.9) and limit.cuts == 1
+    limit.on_success(10.0, 1000)  # long answer, same per-token speed as the baseline: no cut
+    assert limit.cuts == 1
+
+
+# -- Retry-After ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "5"}, 5.0),
+        ({"retry-after": " 2.5 "}, 2.5),
+        ({"retry-after": "0"}, 0.0),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # ms wins
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),  # bad ms falls back
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": ""}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "-3"}, None),
+        ({"retry-after-ms": "-3"}, None),
+        ({"x-other": "1"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_values(headers: dict[str, str], expected: float | None) -> None:
+    assert llm._parse_retry_after(headers) == expected
+
+
+def test_retry_after_http_date() -> None:
+    now = 1_700_000_000.0
+    date = format_datetime(datetime.fromtimestamp(now + 30, tz=timezone.utc), usegmt=True)
+    assert llm._parse_retry_after({"Retry-After": date}, now=lambda: now) == pytest.approx(30)
+    past = format_datetime(datetime.fromtimestamp(now - 30, tz=timezone.utc), usegmt=True)
+    assert llm._parse_retry_after({"Retry-After": past}, now=lambda: now) == 0.0
+    # A date without a zone is read as GMT, as RFC 9110 says.
+    assert llm._parse_retry_after(
+        {"Retry-After": date.replace(" GMT", "")}, now=lambda: now
+    ) == pytest.approx(30)
+
+
+def test_retry_after_read_from_httpx_headers_case_insensitively() -> None:
+    headers = http.Headers({"RETRY-AFTER": "7"})
+    assert llm._parse_retry_after(headers) == 7.0
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code", "kind"),
+    [
+        (400, "Bad request.", None, "http_400"),
+        (422, "Unprocessable.", None, "http_422"),
+        (400, "Requested tokens (3000) exceed context window of 2048", "context_length_exceeded", "context_length"),
+        (400, "whatever", "context_length_exceeded", "context_length"),  # llama.cpp: the code says it
+        (
+            400,
+            "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens",
+            None,
+            "context_length",
+        ),  # vLLM / OpenAI
+        (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048", None, "context_length"),  # TGI
+        (400, "the request exceeds the available context size, try increasing it", "exceed_context_size_error", "context_length"),
+        (500, "prompt is too long", None, "context_length"),  # some servers send it as a 500
+        (401, "Incorrect API key provided.", "invalid_api_key", "http_401"),
+        (403, "Forbidden.", None, "http_403"),
+        (404, "The model `x` does not exist", "model_not_found", "model_not_found"),
+        (404, "Not Found", None, "http_404"),
+        (429, "Rate limit: too many tokens per minute", None, "http_429"),  # not a context error
+        (500, "oops", None, "http_500"),
+        (503, "overloaded", None, "http_503"),
+    ],
+)
+def test_status_kind(status: int, message: str, code: str | None, kind: str) -> None:
+    assert llm._status_kind(status, message, code) == kind
+
+
+def status_error(status: int, body: Any = None, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = http.Request("POST", URL + "/chat/completions")
+    response = http.Response(status, request=request, headers=headers or {}, json=body)
+    return openai.APIStatusError(f"Error code: {status}", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [(400, False), (413, False), (422, False), (401, True), (403, True), (404, True),
+     (408, True), (409, True), (425, True), (429, True), (500, True), (501, False),
+     (502, True), (503, True), (504, True), (505, False), (529, True)],
+)  # fmt: skip
+def test_classify_status_errors(pool: EndpointPool, status: int, retry: bool) -> None:
+    # 401/403/404 are retried elsewhere: they say something about the endpoint, not the request.
+    body = {"error": {"message": "server says no", "type": "x", "code": None}}
+    failure = pool._classify(status_error(status, body), pool._endpoints[0])
+    assert failure.retry is retry
+    assert failure.kind == f"http_{status}"
+    assert failure.message == f"HTTP {status}: server says no"
+    assert failure.endpoint == URL
+
+
+def test_classify_reads_retry_after_and_odd_error_bodies(pool: EndpointPool) -> None:
+    endpoint = pool._endpoints[0]
+    failure = pool._classify(status_error(429, {"error": "slow down"}, {"Retry-After": "12"}), endpoint)
+    assert (failure.kind, failure.retry_after, failure.message) == ("http_429", 12.0, "HTTP 429: slow down")
+    failure = pool._classify(status_error(422, {"detail": "Template not found"}), endpoint)  # TGI / FastAPI
+    assert failure.message == "HTTP 422: Template not found"
+    failure = pool._classify(status_error(502, None), endpoint)
+    assert failure.kind == "http_502" and failure.message.startswith("HTTP 502: ")
+    # A context error is the request's fault whatever the status: retrying cannot fix it.
+    failure = pool._classify(status_error(500, {"error": {"message": "prompt is too long"}}), endpoint)
+    assert (failure.kind, failure.retry) == ("context_length", False)
+    failure = pool._classify(status_error(400, {"error": {"message": "need x < 5 and y > 3"}}), endpoint)
+    assert failure.message == "HTTP 400: need x < 5 and y > 3"
+
+
+def test_classify_transport_and_parse_failures(pool: EndpointPool) -> None:
+    endpoint = pool._endpoints[0]
+    request = http.Request("POST", URL)
+    cases = [
+        (openai.APITimeoutError(request=request), "timeout"),
+        (TimeoutError(), "timeout"),  # the whole-request deadline
+        (openai.APIConnectionError(request=request), "connection"),
+        (ValueError("Expecting value: line 1 column 1"), "malformed_answer"),  # JSON body undecodable
+        (llm._AnswerTooLarge("too big"), "malformed_answer"),
+        (RuntimeError("odd"), "error"),
+    ]
+    for exc, kind in cases:
+        failure = pool._classify(exc, endpoint)
+        assert (failure.kind, failure.retry) == (kind, True), exc
+
+
+def test_error_messages_are_one_line_without_secrets(pool: EndpointPool) -> None:
+    text = (
+        "bad\nthings <b>happened</b> at http://bob:hunter2@10.0.0.1:8000/v1?api_key=abc123 "
+        "with key sk-test-secret-key-123 and Authorization: Bearer tok-987654321 \ud83d" + "x" * 1000
+    )
+    clean = pool._scrub(text)
+    assert "\n" not in clean and len(clean) <= 300
+    for secret in ("hunter2", "bob", "abc123", "sk-test-secret-key-123", "tok-987654321", "<b>"):
+        assert secret not in clean
+    assert "http://10.0.0.1:8000/v1?api_key=REDACTED" in clean
+    clean.encode("utf-8")  # lone surrogate replaced
+
+
+# -- redact_url -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://alice:p@ssWORD@host/v1", "http://host/v1"),
+        ("http://alice:secret@host:8000/v1", "http://host:8000/v1"),
+        ("http://alice@host/v1", "http://host/v1"),
+        ("https://host/v1", "https://host/v1"),
+        ("http://u:p@[::1]:8000/v1", "http://[::1]:8000/v1"),
+        ("http://alice:p/ss@host/v1", "http://host/v1"),  # raw '/' in the password
+        ("http://alice:p?ss@host/v1", "http://host/v1"),  # raw '?' in the password
+        ("http://alice:123/4@host/v1", "http://host/v1"),  # digits look like a port
+        ("http://host/v1?api_key=sk-1&x=2", "http://host/v1?api_key=REDACTED&x=2"),
+        ("http://host/v1?key=a&token=b&access_token=c&sig=d", "http://host/v1?key=REDACTED&token=REDACTED&access_token=REDACTED&sig=REDACTED"),
+        ("http://host/v1?API-KEY=a&model=m", "http://host/v1?API-KEY=REDACTED&model=m"),
+        ("http://u:p@host/v1?x=1#frag", "http://host/v1?x=1#frag"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_url_unparseable_keeps_nothing_of_the_password() -> None:
+    redacted = redact_url("http://alice:pa55word@[::1/v1?token=xyz")  # unclosed bracket
+    assert "pa55word" not in redacted and "alice" not in redacted and "xyz" not in redacted
+
+
+# -- answers and model lists ------------------------------------------------------------------
+
+
+def test_read_answer_cleans_text_and_usage() -> None:
+    data = {
+        "choices": [{"message": {"content": "a\ud83db"}, "finish_reason": 7}],
+        "usage": {"prompt_tokens": "12", "completion_tokens": -1},
+    }
+    assert llm._read_answer(data, "chat") == ("a\ufffdb", None, 0, 0)
+    data = {"choices": [{"text": None, "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": True}}
+    assert llm._read_answer(data, "completions") == ("", "length", 3, 0)
+    assert llm._read_answer({"choices": [{"message": None}], "usage": []}, "chat") == ("", None, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, [], "text", 5, {}, {"choices": []}, {"choices": {}}, {"choices": [None]},
+     {"choices": [{"message": {"content": 5}}]}, {"choices": [{"message": {"content": ["a"]}}]}],
+)  # fmt: skip
+def test_read_answer_rejects_unusable_shapes(data: Any) -> None:
+    with pytest.raises(ValueError):
+        llm._read_answer(data, "chat")
+
+
+@pytest.mark.parametrize(
+    ("data", "ids"),
+    [
+        ({"object": "list", "data": [{"id": "a"}, {"id": "b"}]}, ["a", "b"]),
+        (["a", "b"], ["a", "b"]),
+        ([{"id": "a"}], ["a"]),
+        ({"models": [{"name": "llama3:latest", "model": "llama3:latest"}]}, ["llama3:latest"]),
+        ({"models": [{"name": "x"}]}, ["x"]),
+        ({"data": [{"id": "a"}, {"object": "model"}, {"id": 5}]}, ["a"]),
+        ({"data": []}, []),
+        ({"data": [{"object": "model"}]}, None),  # entries, none with a name
+        ({"data": "a"}, None),
+        ("<html>web ui</html>", None),
+        ({"error": "x"}, None),
+        (None, None),
+    ],
+)
+def test_model_ids_shapes(data: Any, ids: list[str] | None) -> None:
+    assert llm._model_ids(data) == ids
+
+
+def test_v1_hint() -> None:
+    assert llm._v1_hint("http://host:8000/v1") == ""
+    assert llm._v1_hint("http://host:8000/v1/") == ""
+    assert "http://host:8000/v1" in llm._v1_hint("http://host:8000")
+    assert "ends in /v1" in llm._v1_hint("http://u:pw@host/api")
+    assert "pw" not in llm._v1_hint("http://u:pw@host/api")
+
+
+# -- answer size cap --------------------------------------------------------------------------
+
+
+def test_answer_size_cap_without_content_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm, "MAX_ANSWER_BYTES", 100)
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 30
+
+    async def main() -> None:
+        response = http.Response(200, content=chunks())
+        assert "content-length" not in response.headers
+        await llm._cap_answer_size(response)
+        with pytest.raises(llm._AnswerTooLarge):
+            await response.aread()
+        small = http.Response(200, content=b"y" * 100)
+        small = http.Response(200, stream=small.stream)  # a stream without Content-Length
+        await llm._cap_answer_size(small)
+        assert await small.aread() == b"y" * 100
+        with pytest.raises(llm._AnswerTooLarge):
+            await llm._cap_answer_size(http.Response(200, headers={"Content-Length": "101"}, content=b""))
+
+    asyncio.run(main())
+
+
+# -- construction -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{"concurrency": 100_000}, {"max_concurrency": 100_000}])
+def test_concurrency_is_capped_and_connection_pool_sized_to_match(
+    kwargs: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="selfinstruct"):
+        pool = EndpointPool([URL, URL + "2"], api_key="k", **kwargs)
+    try:
+        assert MAX_CONCURRENCY_PER_ENDPOINT == 512
+        assert pool.max_capacity() == 2 * MAX_CONCURRENCY_PER_ENDPOINT
+        assert "100000" in caplog.text and str(MAX_CONCURRENCY_PER_ENDPOINT) in caplog.text
+        for endpoint in pool._endpoints:
+            assert endpoint.limit.maximum == MAX_CONCURRENCY_PER_ENDPOINT
+            connections = endpoint.client._client._transport._pool  # the SDK's httpx pool
+            assert connections._max_connections == MAX_CONCURRENCY_PER_ENDPOINT
+    finally:
+        asyncio.run(pool.aclose())
+
+
+def test_connection_pool_follows_a_small_limit() -> None:
+    pool = EndpointPool([URL], api_key="k", concurrency=3)
+    try:
+        assert pool._endpoints[0].client._client._transport._pool._max_connections == 3
+    finally:
+        asyncio.run(pool.aclose())
+
+
+def test_request_failed_is_a_frozen_value() -> None:
+    failed = RequestFailed("http_400", "HTTP 400: no", "http://h/v1")
+    assert failed == RequestFailed(kind="http_400", message="HTTP 400: no", endpoint="http://h/v1")
+    assert RequestFailed("timeout", "late").endpoint is None
+    with pytest.raises(AttributeError):
+        failed.kind = "x"  # type: ignore[misc]
+    assert "RequestFailed" in llm.__all__ and "MAX_CONCURRENCY_PER_ENDPOINT" in llm.__all__
