@@ -303,3 +303,40 @@ def test_a_signal_during_retries_or_a_hanging_answer_stops_at_once(tmp_path: Pat
         _, stderr = proc.communicate(timeout=15)
     assert proc.returncode == 130, stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+# -- one bad request is not a bad job -----------------------------------------------------------------
+
+
+def test_one_bad_request_in_many_is_dropped_not_fatal(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        server.set_handler(lambda ctx: Reply.error(400, "bad sampling value") if ctx.number == 3 else None)
+        result = run_cli(*generate_args(out, server, 60, "--concurrency", "2", "--tasks-per-prompt", "8"))
+    assert result.returncode == 0, result.stderr
+    failed = [r for r in lines(out / "requests.jsonl") if r["outcome"] == "failed"]
+    assert [r["error"] for r in failed] == ["http_400"] and "bad sampling value" in failed[0]["detail"]
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
+
+
+def test_context_length_on_every_tenth_request_is_dropped_each_time(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    too_long = Reply.error(400, "This model's maximum context length is 2048 tokens", code="context_length_exceeded")
+    with FakeOpenAI() as server:
+        server.set_handler(lambda ctx: too_long if ctx.number % 10 == 0 else None)
+        result = run_cli(*generate_args(out, server, 60, "--concurrency", "2", "--tasks-per-prompt", "8"))
+    assert result.returncode == 0, result.stderr
+    kinds = {r.get("error") for r in lines(out / "requests.jsonl") if r["outcome"] == "failed"}
+    assert kinds == {"context_length"}
+    assert len(lines(out / "instructions.jsonl")) == 60
+
+
+def test_the_same_bad_request_every_time_stops_with_the_fix(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    too_long = Reply.error(400, "This model's maximum context length is 2048 tokens", code="context_length_exceeded")
+    with FakeOpenAI() as server:
+        server.set_handler(lambda ctx: too_long)
+        result = run_cli(*generate_args(out, server, 10, "--max-consecutive-bad-requests", "5"))
+        sent = len(server.completion_requests())
+    line = one_error_line(result.stderr)
+    assert result.returncode == 1 and "--max-tokens" in line and sent <= 10
