@@ -69,6 +69,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="target number of accepted tasks (default %(default)s); raise it later to grow the dataset",
     )  # fmt: skip
     p.add_argument("--seed-tasks", type=Path, help="seed file: Self-Instruct JSONL or Alpaca JSON/JSONL (default: bundled)")
+    p.add_argument(
+        "--prompt-template", type=Path, metavar="FILE",
+        help="JSON file replacing the prose of the prompts (to aim at a domain or a language); see README, 'Prompts'",
+    )  # fmt: skip
     server = p.add_argument_group("model server")
     server.add_argument(
         "--base-url", action="append", metavar="URL",
@@ -158,6 +162,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, metavar="DIR", help="also write PNG plots into DIR")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
+    p = sub.add_parser("report", help="look at a run in the browser: one self-contained HTML file, or --serve")
+    p.add_argument("dir", type=Path, help="run directory of `generate` (may still be running)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", type=Path, help="write one self-contained HTML file here")
+    where.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 instead (for runs over ~150k rows)")
+    p.add_argument("--port", type=int, default=8765, help="--serve: port on 127.0.0.1 (default %(default)s; 0 picks a free one)")
+    p.add_argument(
+        "--max-rejected", default="10000", metavar="N|all",
+        help="rejections carried per reason in the file, a seeded sample (default %(default)s; counts stay exact)",
+    )  # fmt: skip
+    p.add_argument("--seed-tasks", type=Path, help="the run's seed file, if not the bundled one (links pairs to seeds)")
+
     p = sub.add_parser("seeds", help="seed file tools")
     seeds_sub = p.add_subparsers(dest="seeds_command", required=True)
     c = seeds_sub.add_parser("check", help="validate a seed file and describe it")
@@ -220,6 +236,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         base_urls=urls,
         num_instructions=args.num_instructions,
         seed_tasks=args.seed_tasks,
+        prompt_template=args.prompt_template,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         model=args.model,
         model_path=args.model_path,
@@ -277,6 +294,28 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_report(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .report import SERVE_SUGGESTED_ROWS, serve_report, write_report
+
+    if args.serve:
+        serve_report(args.dir, port=args.port, seed_tasks=args.seed_tasks,
+                     announce=lambda url: print(f"serving {args.dir} at {url} (Ctrl-C to stop)", file=sys.stderr))  # fmt: skip
+        return 0
+    limit = args.max_rejected.strip().lower()
+    if not (limit == "all" or limit.isdigit()):
+        raise ConfigError(f"--max-rejected takes a whole number or 'all', not {args.max_rejected!r}")
+    counts = write_report(args.dir, args.output, max_rejected=None if limit == "all" else int(limit), seed_tasks=args.seed_tasks)
+    print(
+        f"wrote {args.output} ({counts['bytes'] / 1e6:.1f} MB): {counts['accepted']:,} tasks, "
+        f"{counts['rejected']:,} of {counts['rejected_total']:,} rejections",
+        file=sys.stderr,
+    )
+    if counts["accepted"] + counts["rejected"] >= SERVE_SUGGESTED_ROWS:
+        print("that is a big file for a browser; `selfinstruct report DIR --serve` pages it instead", file=sys.stderr)
+    return 0
+
+
 def _run_seeds_check(args: argparse.Namespace) -> int:
     from .seeds import check_seeds
 
@@ -304,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         _setup_logging()
-        handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats}
+        handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats, "report": _run_report}
         if args.command == "seeds":
             return _run_seeds_check(args)
         return handlers[args.command](args)

@@ -66,6 +66,7 @@ class RunConfig:
     base_urls: tuple[str, ...] = ()
     num_instructions: int = 100
     seed_tasks: Path | None = None
+    prompt_template: Path | None = None  # JSON replacing prompt prose (see prompts.PromptTexts)
     api_key: str = field(default="EMPTY", repr=False)
     model: str | None = None
     model_path: Path | None = None  # GGUF for the embedded server
@@ -107,7 +108,7 @@ class RunConfig:
         if isinstance(self.base_urls, str):
             set_(self, "base_urls", (self.base_urls,))
         set_(self, "base_urls", tuple(self.base_urls))
-        for name in ("seed_tasks", "model_path"):
+        for name in ("seed_tasks", "model_path", "prompt_template"):
             value = getattr(self, name)
             if isinstance(value, str):
                 set_(self, name, Path(value))

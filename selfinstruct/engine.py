@@ -22,7 +22,7 @@ from .config import RunConfig
 from .errors import SelfInstructError
 from .judge import Accept, Judge, Verdict
 from .llm import Completion, EndpointPool, GenerationRequest, RequestFailed, redact_url
-from .prompts import build_chat_messages, build_completion_prompt, stop_sequences
+from .prompts import DEFAULT_TEXTS, PromptTexts, build_chat_messages, build_completion_prompt, stop_sequences
 from .records import AcceptedTask, Candidate, Rejection, RequestRecord, SeedTask
 from .store import RunStore, now_utc
 
@@ -73,6 +73,7 @@ class Engine:
         settings: str,
         progress: Progress,
         save: Callable[[], None],
+        texts: PromptTexts = DEFAULT_TEXTS,
     ) -> None:
         assert config.api is not None and config.max_tokens is not None, "pass a resolved() config"
         self.config = config
@@ -83,6 +84,7 @@ class Engine:
         self.settings = settings
         self.progress = progress
         self.save = save
+        self.texts = texts
         self.target = config.num_instructions
         self.added = 0
         self.session_candidates = 0
@@ -120,9 +122,9 @@ class Engine:
         demos = self.demos(request_number)
         prompt: str | list[dict[str, str]]
         if cfg.api == "chat":
-            prompt = build_chat_messages(demos, tasks_per_prompt=cfg.tasks_per_prompt)
+            prompt = build_chat_messages(demos, tasks_per_prompt=cfg.tasks_per_prompt, texts=self.texts)
         else:
-            prompt = build_completion_prompt(demos, tasks_per_prompt=cfg.tasks_per_prompt)
+            prompt = build_completion_prompt(demos, tasks_per_prompt=cfg.tasks_per_prompt, texts=self.texts)
         request = GenerationRequest(
             api=cfg.api or "chat",
             prompt=prompt,

@@ -9,13 +9,22 @@ is shared with ``selfinstruct.parse`` and the fake test server, so change them t
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import string
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from importlib.resources import files
+from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_TEXTS",
     "NO_INPUT",
+    "PromptTexts",
+    "load_prompt_texts",
     "PROMPT_VERSION",
     "build_chat_messages",
     "build_completion_prompt",
@@ -29,43 +38,79 @@ PROMPT_VERSION = "2"
 
 NO_INPUT = "<noinput>"
 
-_HEADER = """\
-We are putting together {total} varied tasks for teaching an AI assistant to follow \
-instructions. Every task has an instruction, an input and an output. Requirements:
-
-1. Use a different verb in every instruction; do not repeat verbs across the list.
-2. Mix many kinds of tasks, for example open-ended questions, classification, rewriting or \
-editing text, logic and math reasoning, reading and explaining code, summarizing, extracting \
-facts, brainstorming and giving advice.
-3. Write everything in English.
-4. Keep each instruction to one or two sentences. It may be a command or a question.
-5. Give an input only when the task cannot be done without one. The input should then be a \
-realistic, specific example (a short passage, a list, a code snippet, ...) of under about \
-100 words. When the task needs no input, write {no_input} as the input.
-6. The output must be a fitting and correct response to the instruction and input, in under \
-100 words.
-7. Every task must be doable by a language model working with text alone: leave out anything \
-that needs seeing, hearing, browsing the internet or acting in the physical world.
-
-Here is the list of {total} tasks:
-"""
-
 _BLOCK = "###\n{n}. Instruction: {instruction}\n{n}. Input:\n{input}\n{n}. Output:\n{output}\n"
 
 _CUE = "###\n{n}. Instruction:"
 
-_SYSTEM = (
-    "You write varied, self-contained tasks for training an instruction-following assistant. "
-    "You reply with task blocks only, in the exact format you are shown."
-)
+@dataclass(frozen=True)
+class PromptTexts:
+    """The prose of the prompts, which a user may replace (``--prompt-template FILE``).
 
-_CHAT_REQUEST = """
-Now continue the list with {span}. Use exactly the block format above: a line with ###, \
-then "N. Instruction:" followed by the instruction, "N. Input:" with the input (or \
-{no_input}) on the next line, and "N. Output:" with the output on the next line, where N is \
-the task number. Write nothing before or after the blocks.
+    The structure around it (task blocks, numbering, ``Task:``/``Example N``/``Label:`` lines) is
+    fixed, because the parsers read it. Defaults live in ``selfinstruct/data/prompts.json``.
+    """
 
-"""
+    alpaca_header: str
+    alpaca_system: str
+    alpaca_chat_request: str
+    si_list_header: str
+    si_list_chat: str
+    si_classify_header: str
+    si_clf_header: str
+    si_gen_header: str
+    si_instances_chat: str
+
+
+# The placeholders each text may use ({{ and }} for literal braces).
+PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "alpaca_header": frozenset({"total", "no_input"}),
+    "alpaca_chat_request": frozenset({"span", "no_input"}),
+    "si_list_chat": frozenset({"first", "last"}),
+    "si_gen_header": frozenset({"max"}),
+}
+
+
+def _read_texts(raw: str, where: str) -> dict[str, str]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"prompt template {where} is not valid JSON ({exc}); see README, 'Prompts'") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"prompt template {where} must be a JSON object of text names to texts")
+    allowed = [f.name for f in fields(PromptTexts)]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"prompt template {where}: unknown text(s) {', '.join(unknown)}; the names are {', '.join(allowed)}")
+    for name, text in data.items():
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"prompt template {where}: {name} must be a non-empty string")
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(f"prompt template {where}: {name}: {exc} (write {{{{ and }}}} for literal braces)") from exc
+        extra = used - PLACEHOLDERS.get(name, frozenset())
+        if extra:
+            usable = ", ".join(sorted(PLACEHOLDERS.get(name, ()))) or "none"
+            raise ConfigError(
+                f"prompt template {where}: {name} uses {', '.join('{' + e + '}' for e in sorted(extra))}; "
+                f"it may use: {usable} (write {{{{ and }}}} for literal braces)"
+            )
+    return data
+
+
+def load_prompt_texts(path: str | os.PathLike[str] | None = None) -> PromptTexts:
+    """The packaged texts, with those named in the JSON file ``path`` replaced."""
+    texts = _read_texts(files("selfinstruct").joinpath("data/prompts.json").read_text(encoding="utf-8"), "(packaged)")
+    if path is not None:
+        try:
+            raw = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read prompt template {path}: {exc.strerror or exc}; check the path") from exc
+        texts.update(_read_texts(raw, str(path)))
+    return PromptTexts(**texts)
+
+
+DEFAULT_TEXTS = load_prompt_texts()
 
 
 class _Task(Protocol):
@@ -97,24 +142,24 @@ def _check_counts(demos: Sequence[_Task], tasks_per_prompt: int) -> None:
         )
 
 
-def _header_and_demos(demos: Sequence[_Task], tasks_per_prompt: int) -> str:
+def _header_and_demos(demos: Sequence[_Task], tasks_per_prompt: int, texts: PromptTexts) -> str:
     blocks = "".join(
         render_block(i, d.instruction, d.input, d.output) for i, d in enumerate(demos, start=1)
     )
-    return _HEADER.format(total=tasks_per_prompt, no_input=NO_INPUT) + blocks
+    return texts.alpaca_header.format(total=tasks_per_prompt, no_input=NO_INPUT) + blocks
 
 
-def build_completion_prompt(demos: Sequence[_Task], *, tasks_per_prompt: int) -> str:
+def build_completion_prompt(demos: Sequence[_Task], *, tasks_per_prompt: int, texts: PromptTexts = DEFAULT_TEXTS) -> str:
     """Prompt for /v1/completions: header, demos 1..k, then the cue ``###\\n{k+1}. Instruction:``.
 
     Raises ConfigError unless ``tasks_per_prompt`` exceeds the number of demos.
     """
     _check_counts(demos, tasks_per_prompt)
-    return _header_and_demos(demos, tasks_per_prompt) + _CUE.format(n=len(demos) + 1)
+    return _header_and_demos(demos, tasks_per_prompt, texts) + _CUE.format(n=len(demos) + 1)
 
 
 def build_chat_messages(
-    demos: Sequence[_Task], *, tasks_per_prompt: int
+    demos: Sequence[_Task], *, tasks_per_prompt: int, texts: PromptTexts = DEFAULT_TEXTS
 ) -> list[dict[str, str]]:
     """Messages for /v1/chat/completions: one user turn (a role sentence first), ending in the cue.
 
@@ -128,13 +173,13 @@ def build_chat_messages(
         else f"tasks {first} to {tasks_per_prompt}"
     )
     user = (
-        _header_and_demos(demos, tasks_per_prompt)
-        + _CHAT_REQUEST.format(span=span, no_input=NO_INPUT)
+        _header_and_demos(demos, tasks_per_prompt, texts)
+        + texts.alpaca_chat_request.format(span=span, no_input=NO_INPUT)
         + _CUE.format(n=first)
     )
     # One user turn, no system message: some chat templates (Gemma's, for one) reject the system
     # role, and a server would then answer 400 to every request.
-    return [{"role": "user", "content": _SYSTEM + "\n\n" + user}]
+    return [{"role": "user", "content": texts.alpaca_system + "\n\n" + user}]
 
 
 def stop_sequences(tasks_per_prompt: int) -> list[str]:
@@ -145,9 +190,9 @@ def stop_sequences(tasks_per_prompt: int) -> list[str]:
     return [f"###\n{n}.", f"{n}. Instruction", f"{n}) Instruction", f"Instruction {n}:"]
 
 
-def prompt_fingerprint() -> str:
+def prompt_fingerprint(texts: PromptTexts = DEFAULT_TEXTS) -> str:
     """``sha256:<hex>`` of all templates and PROMPT_VERSION, stored with a run to detect changes."""
-    parts = (PROMPT_VERSION, _HEADER, _BLOCK, _CUE, _SYSTEM, _CHAT_REQUEST, NO_INPUT)
+    parts = (PROMPT_VERSION, texts.alpaca_header, _BLOCK, _CUE, texts.alpaca_system, texts.alpaca_chat_request, NO_INPUT)
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
     return f"sha256:{digest}"
 
@@ -159,35 +204,9 @@ def prompt_fingerprint() -> str:
 
 SI_PROMPT_VERSION = "1"
 
-_SI_LIST_HEADER = (
-    "Below is a numbered list of tasks a person might ask an AI assistant to carry out. No two "
-    "tasks are alike: they differ in topic, in the kind of work asked for and in wording.\n\n"
-)
-_SI_LIST_CHAT = (
-    "\n\nContinue the list with items {first} to {last}. Write one task per line, each starting with "
-    "its number, and nothing else."
-)
-_SI_CLASSIFY_HEADER = (
-    "A classification task is one whose answer is a single label from a small, fixed set, for "
-    "example positive or negative, or one of a few categories. For each task below, answer Yes if "
-    "it is a classification task and No if it is not.\n\n"
-)
 _SI_CLASSIFY_DEMO = "Task: {instruction}\nClassification task: {answer}\n\n"
 _SI_CLASSIFY_CUE = "Task: {instruction}\nClassification task:"
 _SI_CLASSIFY_CHAT = "\n\nAnswer with Yes or No only."
-_SI_CLF_HEADER = (
-    "For each classification task below, first list its possible labels, separated by |, then write "
-    "for each label an input for which that label is the right answer. Write \"Input: <none>\" when "
-    "the task needs no input.\n\n"
-)
-_SI_GEN_HEADER = (
-    "Write examples for each task below. An example is an input and the output that correctly "
-    "carries out the task for that input. Write \"Input: <none>\" when the task needs no input. "
-    "Give up to {max} examples per task.\n\n"
-)
-_SI_INSTANCES_CHAT = (
-    "\n\nContinue for this last task in exactly the format above, and write nothing else."
-)
 SI_NO_INPUT = "<none>"
 
 
@@ -195,22 +214,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).rstrip(":")
 
 
-def si_list_prompt(instructions: Sequence[str], *, total: int, chat: bool) -> str:
+def si_list_prompt(instructions: Sequence[str], *, total: int, chat: bool, texts: PromptTexts = DEFAULT_TEXTS) -> str:
     """Stage 1: the demos as items 1..k and the opening of item k+1 (completions) or a request."""
     lines = "".join(f"{i}. {_one_line(text)}\n" for i, text in enumerate(instructions, 1))
     first = len(instructions) + 1
     if chat:
-        return _SI_LIST_HEADER + lines.rstrip("\n") + _SI_LIST_CHAT.format(first=first, last=total)
-    return _SI_LIST_HEADER + lines + f"{first}."
+        return texts.si_list_header + lines.rstrip("\n") + texts.si_list_chat.format(first=first, last=total)
+    return texts.si_list_header + lines + f"{first}."
 
 
 def si_list_stops(total: int) -> list[str]:
     return ["\n\n", f"\n{total + 1}.", f"\n{total + 1})"]
 
 
-def si_classify_prompt(demos: Sequence[tuple[str, bool]], instruction: str, *, chat: bool) -> str:
+def si_classify_prompt(
+    demos: Sequence[tuple[str, bool]], instruction: str, *, chat: bool, texts: PromptTexts = DEFAULT_TEXTS
+) -> str:
     """Stage 2: labelled demos, then the question for ``instruction``."""
-    text = _SI_CLASSIFY_HEADER + "".join(
+    text = texts.si_classify_header + "".join(
         _SI_CLASSIFY_DEMO.format(instruction=_one_line(i), answer="Yes" if clf else "No") for i, clf in demos
     )
     text += _SI_CLASSIFY_CUE.format(instruction=_one_line(instruction))
@@ -221,9 +242,11 @@ def _si_input(text: str) -> str:
     return text.strip() or SI_NO_INPUT
 
 
-def si_classification_instances_prompt(demos: Sequence[_SeedLike], instruction: str, *, chat: bool) -> str:
+def si_classification_instances_prompt(
+    demos: Sequence[_SeedLike], instruction: str, *, chat: bool, texts: PromptTexts = DEFAULT_TEXTS
+) -> str:
     """Stage 3, output first: labels, then an input for each label."""
-    parts = [_SI_CLF_HEADER]
+    parts = [texts.si_clf_header]
     for demo in demos:
         labels = list(dict.fromkeys(o.strip() for _, o in demo.instances))
         parts.append(f"Task: {_one_line(demo.instruction)}\nLabels: {' | '.join(labels)}\n")
@@ -232,14 +255,14 @@ def si_classification_instances_prompt(demos: Sequence[_SeedLike], instruction: 
         parts.append("\n")
     parts.append(f"Task: {_one_line(instruction)}\nLabels:")
     text = "".join(parts)
-    return text + _SI_INSTANCES_CHAT if chat else text
+    return text + texts.si_instances_chat if chat else text
 
 
 def si_generation_instances_prompt(
-    demos: Sequence[_SeedLike], instruction: str, *, max_instances: int, chat: bool
+    demos: Sequence[_SeedLike], instruction: str, *, max_instances: int, chat: bool, texts: PromptTexts = DEFAULT_TEXTS
 ) -> str:
     """Stage 3, input first: numbered examples of input and output."""
-    parts = [_SI_GEN_HEADER.format(max=max_instances)]
+    parts = [texts.si_gen_header.format(max=max_instances)]
     for demo in demos:
         parts.append(f"Task: {_one_line(demo.instruction)}\n")
         for k, (inp, out) in enumerate(demo.instances, 1):
@@ -247,7 +270,7 @@ def si_generation_instances_prompt(
         parts.append("\n")
     parts.append(f"Task: {_one_line(instruction)}\nExample 1\n")
     text = "".join(parts)
-    return text + _SI_INSTANCES_CHAT if chat else text
+    return text + texts.si_instances_chat if chat else text
 
 
 def si_instances_stops(max_instances: int, classification: bool) -> list[str]:
@@ -257,10 +280,11 @@ def si_instances_stops(max_instances: int, classification: bool) -> list[str]:
     return stops
 
 
-def si_prompt_fingerprint() -> str:
+def si_prompt_fingerprint(texts: PromptTexts = DEFAULT_TEXTS) -> str:
     parts = (
-        SI_PROMPT_VERSION, _SI_LIST_HEADER, _SI_LIST_CHAT, _SI_CLASSIFY_HEADER, _SI_CLASSIFY_DEMO,
-        _SI_CLASSIFY_CUE, _SI_CLASSIFY_CHAT, _SI_CLF_HEADER, _SI_GEN_HEADER, _SI_INSTANCES_CHAT, SI_NO_INPUT,
+        SI_PROMPT_VERSION, texts.si_list_header, texts.si_list_chat, texts.si_classify_header, _SI_CLASSIFY_DEMO,
+        _SI_CLASSIFY_CUE, _SI_CLASSIFY_CHAT, texts.si_clf_header, texts.si_gen_header, texts.si_instances_chat,
+        SI_NO_INPUT,
     )  # fmt: skip
     return "sha256:" + hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 

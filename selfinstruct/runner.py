@@ -274,7 +274,7 @@ class _Session:
         from .engine import Engine, Progress
         from .judge import Judge
         from .llm import EndpointPool
-        from .prompts import PROMPT_VERSION, SI_PROMPT_VERSION, prompt_fingerprint, si_prompt_fingerprint
+        from .prompts import PROMPT_VERSION, SI_PROMPT_VERSION, load_prompt_texts, prompt_fingerprint, si_prompt_fingerprint
 
         cfg = self.config
         store = self.store
@@ -297,11 +297,12 @@ class _Session:
             if cfg.model is None and history and isinstance(history[-1]["settings"].get("model"), str):
                 # Resume against the same model even if the server now lists another one first.
                 pool.model = history[-1]["settings"]["model"]
+            texts = load_prompt_texts(cfg.prompt_template)
             self.model = await pool.resolve_model()
             self_instruct = cfg.method == "self-instruct"
             self.generation = cfg.generation_settings(
                 self.model,
-                prompt=si_prompt_fingerprint() if self_instruct else prompt_fingerprint(),
+                prompt=si_prompt_fingerprint(texts) if self_instruct else prompt_fingerprint(texts),
                 prompt_version=SI_PROMPT_VERSION if self_instruct else PROMPT_VERSION,
                 seeds=seeds_hash,
             )
@@ -326,7 +327,7 @@ class _Session:
                 engine_class = SelfInstructEngine
             self.engine = engine_class(
                 config=cfg, seeds=seeds, store=store, pool=pool, judge=judge, settings=self.fingerprint,
-                progress=progress, save=self.save,
+                progress=progress, save=self.save, texts=texts,
             )  # fmt: skip
             self.save("running")
             await self.engine.run()

@@ -135,7 +135,7 @@ class SelfInstructEngine(Engine):
         total = cfg.tasks_per_prompt or len(demos) + 1
         request = GenerationRequest(
             api=cfg.api or "completions",
-            prompt=self._as_api(si_list_prompt(demos, total=total, chat=cfg.api == "chat")),
+            prompt=self._as_api(si_list_prompt(demos, total=total, chat=cfg.api == "chat", texts=self.texts)),
             max_tokens=cfg.max_tokens or 1024,
             temperature=cfg.temperature if cfg.temperature is not None else 0.7,
             top_p=cfg.top_p if cfg.top_p is not None else 0.5,
@@ -150,7 +150,7 @@ class SelfInstructEngine(Engine):
         chat = self.config.api == "chat"
         return GenerationRequest(
             api=self.config.api or "completions",
-            prompt=self._as_api(si_classify_prompt(self._classify_demos, task.instruction, chat=chat)),
+            prompt=self._as_api(si_classify_prompt(self._classify_demos, task.instruction, chat=chat, texts=self.texts)),
             max_tokens=4,
             temperature=0.0,
             top_p=1.0,
@@ -163,9 +163,11 @@ class SelfInstructEngine(Engine):
         rng = random.Random(f"{self.config.seed}:{task.id}") if self.config.seed is not None else random.Random()
         demos = rng.sample(pool, min(len(pool), INSTANCE_DEMOS[clf]))
         if clf:
-            text = si_classification_instances_prompt(demos, task.instruction, chat=chat)
+            text = si_classification_instances_prompt(demos, task.instruction, chat=chat, texts=self.texts)
         else:
-            text = si_generation_instances_prompt(demos, task.instruction, max_instances=self.config.max_instances, chat=chat)
+            text = si_generation_instances_prompt(
+                demos, task.instruction, max_instances=self.config.max_instances, chat=chat, texts=self.texts
+            )
         return GenerationRequest(
             api=self.config.api or "completions",
             prompt=self._as_api(text),

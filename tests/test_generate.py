@@ -247,3 +247,14 @@ def test_export_and_stats_commands_on_a_generated_run(tmp_path: Path, fake_serve
     assert len(pngs) == 4 and all((tmp_path / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
     missing = run_cli("export", str(tmp_path / "nope"), "-o", str(tmp_path / "x.json"))
     assert missing.returncode == 1 and "nope" in one_error_line(missing.stderr)
+
+
+def test_a_prompt_template_aims_generation_and_is_guarded(tmp_path: Path, fake_server: FakeOpenAI) -> None:
+    template = tmp_path / "cooking.json"
+    template.write_text(json.dumps({"alpaca_header": "Write {total} cooking tasks; {no_input} marks an empty input.\n"}))
+    out = tmp_path / "run"
+    result = run_cli(*generate_args(out, fake_server, 5, "--prompt-template", str(template)))
+    assert result.returncode == 0, result.stderr
+    assert all(r.body["messages"][0]["content"].split("\n\n", 1)[1].startswith("Write 20 cooking tasks") for r in fake_server.completion_requests())
+    again = run_cli(*generate_args(out, fake_server, 8))  # without it: another prompt, refused
+    assert again.returncode == 1 and "prompt changed" in one_error_line(again.stderr)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -117,13 +120,38 @@ def test_fingerprint_is_stable_and_tracks_templates(monkeypatch: pytest.MonkeyPa
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", first)
     assert prompt_fingerprint() == first
     assert PROMPT_VERSION
-    monkeypatch.setattr(prompts, "_HEADER", prompts._HEADER.replace("English", "plain English"))
-    changed_header = prompt_fingerprint()
+    texts = prompts.DEFAULT_TEXTS
+    changed_header = prompt_fingerprint(replace(texts, alpaca_header=texts.alpaca_header.replace("English", "plain English")))
     assert changed_header != first
-    monkeypatch.undo()
     assert prompt_fingerprint() == first
     monkeypatch.setattr(prompts, "PROMPT_VERSION", PROMPT_VERSION + ".1")
     assert prompt_fingerprint() not in (first, changed_header)
     monkeypatch.undo()
-    monkeypatch.setattr(prompts, "_CHAT_REQUEST", prompts._CHAT_REQUEST + " ")
-    assert prompt_fingerprint() != first
+    assert prompt_fingerprint(replace(texts, alpaca_chat_request=texts.alpaca_chat_request + " ")) != first
+
+
+def test_a_prompt_template_file_replaces_the_prose(tmp_path: Path) -> None:
+    template = tmp_path / "legal.json"
+    template.write_text(json.dumps({"alpaca_header": "Write {total} tasks for lawyers. Empty input: {no_input}.\n"}))
+    texts = prompts.load_prompt_texts(template)
+    assert texts.alpaca_header.startswith("Write {total} tasks for lawyers")
+    assert texts.alpaca_system == prompts.DEFAULT_TEXTS.alpaca_system
+    prompt = build_completion_prompt([], tasks_per_prompt=5, texts=texts)
+    assert prompt.startswith("Write 5 tasks for lawyers. Empty input: <noinput>.")
+    assert prompt_fingerprint(texts) != prompt_fingerprint()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"alpaca_heder": "x"}', "unknown text(s) alpaca_heder"),
+        ('{"alpaca_header": "Write {count} tasks"}', "uses {count}; it may use: no_input, total"),
+        ('{"si_list_header": ""}', "must be a non-empty string"),
+    ],
+)
+def test_a_bad_prompt_template_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    template = tmp_path / "t.json"
+    template.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        prompts.load_prompt_texts(template)
