@@ -129,3 +129,33 @@ def test_bad_values_are_one_clear_line(tmp_path: Path, fake_server: FakeOpenAI, 
     assert "Traceback" not in result.stderr
     assert fake_server.completion_requests() == []
     assert not (REPO / "instructions.jsonl").exists()
+
+
+def test_a_malformed_answer_now_and_then_does_not_end_the_job(tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        server.set_handler(lambda ctx: Reply.raw(b'{"choices": [{"message": ', status=200) if ctx.number % 10 == 3 else None)
+        result = run_cli(*generate_args(tmp_path / "run", server, 60, "--concurrency", "2", "--tasks-per-prompt", "8",
+                                        "--retry-wait", "0.01"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(lines(tmp_path / "run" / "instructions.jsonl")) == 60
+
+
+def test_a_server_failing_every_request_leaves_counters_that_say_so(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI() as server:
+        server.set_handler(lambda ctx: Reply.error(500))
+        result = run_cli(*generate_args(out, server, 5, "--max-attempts", "2", "--retry-wait", "0.01",
+                                        "--retry-wait-max", "0.02", "--give-up-after", "3"))  # fmt: skip
+    assert result.returncode == 1 and "http_500" in one_error_line(result.stderr)
+    counters = json.loads((out / "run.json").read_text())["counters"]
+    assert counters["requests"] == counters["failed_requests"] > 0
+    assert counters["failures"] == {"http_500": counters["failed_requests"]}
+
+
+def test_allow_config_change_on_a_finished_run_changes_nothing(tmp_path: Path, fake_server: FakeOpenAI) -> None:
+    out = tmp_path / "run"
+    assert run_cli(*generate_args(out, fake_server, 5)).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("instructions.jsonl", "settings.json")}
+    again = run_cli(*generate_args(out, fake_server, 5, "--temperature", "0.2", "--allow-config-change"))
+    assert again.returncode == 0, again.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before

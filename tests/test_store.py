@@ -229,3 +229,13 @@ def test_a_full_disk_is_one_clear_error(tmp_path: Path) -> None:
             assert [r.id for r in store.accepted][: len(kept)] == kept
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_lone_surrogate_is_stored_as_valid_json_and_reads_back(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        add_tasks(store, [("Describe this emoji \ud83d in words please.", "", "A face.")])
+    raw = (tmp_path / "instructions.jsonl").read_bytes()
+    raw.decode("utf-8")  # valid UTF-8 on disk
+    with RunStore(tmp_path) as store:
+        assert store.accepted[0].instruction == "Describe this emoji \ud83d in words please."
+        assert not store.notices
