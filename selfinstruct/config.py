@@ -193,6 +193,33 @@ class RunConfig:
     def embedded(self) -> bool:
         return not self.base_urls
 
+    # Typed views of the "auto" fields, decided for this method and server.
+    @property
+    def demos_per_prompt(self) -> int:
+        return int(self._or(METHOD_DEFAULTS[self.method], "num_prompt_instructions"))
+
+    @property
+    def demos_from_machine(self) -> int:
+        return int(self._or(METHOD_DEFAULTS[self.method], "machine_demos"))
+
+    @property
+    def list_length(self) -> int:
+        return int(self._or(METHOD_DEFAULTS[self.method], "tasks_per_prompt"))
+
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """(temperature, top_p)"""
+        method = METHOD_DEFAULTS[self.method]
+        return float(self._or(method, "temperature")), float(self._or(method, "top_p"))
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.max_tokens or (EMBEDDED_MAX_TOKENS if self.embedded else SERVER_MAX_TOKENS)
+
+    @property
+    def api_name(self) -> Api:
+        return self.api or (EMBEDDED_API if self.embedded else SERVER_API)
+
     def resolved(self) -> RunConfig:
         """This config with every "auto" field decided (for the embedded model or a server)."""
         embedded = self.embedded

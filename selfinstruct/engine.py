@@ -106,10 +106,10 @@ class Engine:
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:{request_number}") if cfg.seed is not None else random.Random()
         accepted = self.store.accepted
-        machine = min(cfg.machine_demos, len(accepted))
+        machine = min(cfg.demos_from_machine, len(accepted))
         picked_machine = [Candidate(r.instruction, r.input, r.output) for r in rng.sample(accepted, machine)]
         picked_seeds: list[Candidate] = []
-        for task in rng.sample(self.seeds, min(len(self.seeds), cfg.num_prompt_instructions - machine)):
+        for task in rng.sample(self.seeds, min(len(self.seeds), cfg.demos_per_prompt - machine)):
             inp, out = rng.choice(task.instances)
             picked_seeds.append(Candidate(task.instruction, inp, out))
         demos = picked_seeds + picked_machine
@@ -121,17 +121,18 @@ class Engine:
         cfg = self.config
         demos = self.demos(request_number)
         prompt: str | list[dict[str, str]]
-        if cfg.api == "chat":
-            prompt = build_chat_messages(demos, tasks_per_prompt=cfg.tasks_per_prompt, texts=self.texts)
+        if cfg.api_name == "chat":
+            prompt = build_chat_messages(demos, tasks_per_prompt=cfg.list_length, texts=self.texts)
         else:
-            prompt = build_completion_prompt(demos, tasks_per_prompt=cfg.tasks_per_prompt, texts=self.texts)
+            prompt = build_completion_prompt(demos, tasks_per_prompt=cfg.list_length, texts=self.texts)
+        temperature, top_p = cfg.sampling
         request = GenerationRequest(
-            api=cfg.api or "chat",
+            api=cfg.api_name,
             prompt=prompt,
-            max_tokens=cfg.max_tokens or 1,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            stop=tuple(stop_sequences(cfg.tasks_per_prompt)),
+            max_tokens=cfg.answer_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=tuple(stop_sequences(cfg.list_length)),
         )
         return request, len(demos) + 1
 

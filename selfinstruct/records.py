@@ -10,6 +10,7 @@ no ``requests.jsonl``); 2 adds them. Both are read; a newer one is refused.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -438,6 +439,10 @@ class Counters:
 
     def add_rejection(self, rejection: Rejection) -> None:
         self.rejected[rejection.reason] += 1
+
+    def add_rejections(self, rejections: Sequence[Rejection]) -> None:
+        for rejection in rejections:
+            self.rejected[rejection.reason] += 1
 
     def add_request(self, record: RequestRecord) -> None:
         if record.carried is not None:

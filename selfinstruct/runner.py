@@ -75,8 +75,8 @@ class RunSummary:
                 f"(peak {e.get('concurrency_peak')}), mean latency {e.get('mean_latency_s')} s, rested {e.get('rests', 0)}x"
             )
         if self.self_instruct is not None:
-            tasks, instances, clf = self.self_instruct
-            lines.insert(1, f"  self-instruct: {tasks} of {self.accepted} instructions have their decision, "
+            finished, instances, clf = self.self_instruct
+            lines.insert(1, f"  self-instruct: {finished} of {self.accepted} instructions have their decision, "
                             f"{instances} instances, {clf} classification tasks")  # fmt: skip
         if self.error:
             lines.append(f"  error: {self.error}")
@@ -126,7 +126,7 @@ def _load_seeds(config: RunConfig) -> tuple[list[SeedTask], str]:
                 f"seed file {report.path} has {len(errors)} problem(s), first: {errors[0]}; "
                 f"see `selfinstruct seeds check {report.path}`, fix them, or pass --no-seed-check"
             )
-    needed = config.num_prompt_instructions - config.machine_demos
+    needed = config.demos_per_prompt - config.demos_from_machine
     if len(seeds) < needed:
         raise SeedError(
             f"seed file has {len(seeds)} tasks but each prompt needs {needed}; lower --num-prompt-instructions"

@@ -132,13 +132,14 @@ class SelfInstructEngine(Engine):
     def build_request(self, request_number: int) -> tuple[GenerationRequest, int]:
         cfg = self.config
         demos = [d.instruction for d in self.demos(request_number)]
-        total = cfg.tasks_per_prompt or len(demos) + 1
+        total = cfg.list_length
+        temperature, top_p = cfg.sampling
         request = GenerationRequest(
-            api=cfg.api or "completions",
-            prompt=self._as_api(si_list_prompt(demos, total=total, chat=cfg.api == "chat", texts=self.texts)),
-            max_tokens=cfg.max_tokens or 1024,
-            temperature=cfg.temperature if cfg.temperature is not None else 0.7,
-            top_p=cfg.top_p if cfg.top_p is not None else 0.5,
+            api=cfg.api_name,
+            prompt=self._as_api(si_list_prompt(demos, total=total, chat=cfg.api_name == "chat", texts=self.texts)),
+            max_tokens=cfg.answer_tokens,
+            temperature=temperature,
+            top_p=top_p,
             stop=tuple(si_list_stops(total)),
         )
         return request, len(demos) + 1
@@ -149,7 +150,7 @@ class SelfInstructEngine(Engine):
     def _classify_request(self, task: AcceptedTask) -> GenerationRequest:
         chat = self.config.api == "chat"
         return GenerationRequest(
-            api=self.config.api or "completions",
+            api=self.config.api_name,
             prompt=self._as_api(si_classify_prompt(self._classify_demos, task.instruction, chat=chat, texts=self.texts)),
             max_tokens=4,
             temperature=0.0,
@@ -168,12 +169,13 @@ class SelfInstructEngine(Engine):
             text = si_generation_instances_prompt(
                 demos, task.instruction, max_instances=self.config.max_instances, chat=chat, texts=self.texts
             )
+        temperature, top_p = self.config.sampling
         return GenerationRequest(
-            api=self.config.api or "completions",
+            api=self.config.api_name,
             prompt=self._as_api(text),
-            max_tokens=min(self.config.max_tokens or 1024, 1024),
-            temperature=self.config.temperature if self.config.temperature is not None else 0.7,
-            top_p=self.config.top_p if self.config.top_p is not None else 0.5,
+            max_tokens=min(self.config.answer_tokens, 1024),
+            temperature=temperature,
+            top_p=top_p,
             stop=tuple(si_instances_stops(self.config.max_instances, clf)),
         )
 

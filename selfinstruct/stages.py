@@ -115,11 +115,11 @@ def parse_instances(text: str, *, classification: bool, finish_reason: str | Non
                 continue
             if key in ("label", "output"):
                 close()
-                current = [[], [m.group(2)] if m else []]  # type: ignore[union-attr]
+                current = [[], [m.group(2)] if m else []]
                 section = "label"
                 continue
             if key == "input" and current is not None:
-                current[0] = [m.group(2)] if m else []  # type: ignore[union-attr]
+                current[0] = [m.group(2)] if m else []
                 section = "input"
                 continue
             if current is not None and section == "input":

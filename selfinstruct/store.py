@@ -344,7 +344,7 @@ def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]
 
 def _checked_dict(data: Any) -> dict[str, Any]:
     AcceptedTask.from_json(data)
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def read_accepted(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -669,7 +669,7 @@ class RunStore:
         if request is not None:  # None: a decision that needed no request (a task given up on)
             writes.append((REQUESTS_FILE, [request], lambda: self.counters.add_request(request)))
         if rejected:
-            writes.append((REJECTED_FILE, list(rejected), lambda: [self.counters.add_rejection(r) for r in rejected]))
+            writes.append((REJECTED_FILE, list(rejected), lambda: self.counters.add_rejections(rejected)))
         if accepted:
             writes.append((ACCEPTED_FILE, list(accepted), lambda: self.accepted.extend(accepted)))
         if tasks:
