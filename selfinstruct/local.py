@@ -420,26 +420,33 @@ class EmbeddedServer:
         self._port = port
         self._model_id = alias
 
-    def _wait_ready(self, port: int) -> str | None:
-        """None once /v1/models answers 200; otherwise a sentence saying what went wrong."""
+    def _polls(self, port: int) -> Generator[float, None, str | None]:
+        """Probe until ready: yields how long to wait before the next look, returns the outcome
+        (None once /v1/models answers 200, else a sentence saying what went wrong)."""
         deadline = time.monotonic() + self._startup_timeout
         delay = 0.05
         while True:
             outcome = self._probe_ready(port, deadline)
             if not isinstance(outcome, float):
                 return outcome
-            time.sleep(min(delay, outcome))
+            yield min(delay, outcome)
             delay = min(delay * 1.5, 0.5)
 
+    def _wait_ready(self, port: int) -> str | None:
+        polls = self._polls(port)
+        try:
+            while True:
+                time.sleep(next(polls))
+        except StopIteration as finished:
+            return finished.value
+
     async def _await_ready(self, port: int) -> str | None:
-        deadline = time.monotonic() + self._startup_timeout
-        delay = 0.05
-        while True:
-            outcome = self._probe_ready(port, deadline)
-            if not isinstance(outcome, float):
-                return outcome
-            await asyncio.sleep(min(delay, outcome))
-            delay = min(delay * 1.5, 0.5)
+        polls = self._polls(port)
+        try:
+            while True:
+                await asyncio.sleep(next(polls))
+        except StopIteration as finished:
+            return finished.value
 
     def _probe_ready(self, port: int, deadline: float) -> str | None | float:
         """One look at the server: None when ready, a sentence when it never will be, else the

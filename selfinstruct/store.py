@@ -324,14 +324,15 @@ def _check_run_dir(directory: Path) -> None:
         )
 
 
-def _read_run_file(out_dir: str | os.PathLike[str], parse: Callable[[Any], R]) -> list[R]:
+def _read_run_file(out_dir: str | os.PathLike[str], name: str, parse: Callable[[Any], R]) -> list[R]:
+    """Records of one file of a run, read-only: safe while a run is writing it (never locks)."""
     directory = Path(out_dir)
     _check_run_dir(directory)
     notices: list[str] = []
     try:
-        records = _read_records(directory / ACCEPTED_FILE, parse, repair=False, notices=notices)
+        records = _read_records(directory / name, parse, repair=False, notices=notices)
     except OSError as exc:
-        raise os_error(exc, directory / ACCEPTED_FILE, "read") from exc
+        raise os_error(exc, directory / name, "read") from exc
     for notice in notices:
         log.warning(notice)
     return records
@@ -339,7 +340,7 @@ def _read_run_file(out_dir: str | os.PathLike[str], parse: Callable[[Any], R]) -
 
 def read_accepted_records(out_dir: str | os.PathLike[str]) -> list[AcceptedTask]:
     """The accepted tasks of a run directory, in order. Safe while a run is writing it."""
-    return _read_run_file(out_dir, AcceptedTask.from_json)
+    return _read_run_file(out_dir, ACCEPTED_FILE, AcceptedTask.from_json)
 
 
 def _checked_dict(data: Any) -> dict[str, Any]:
@@ -349,30 +350,17 @@ def _checked_dict(data: Any) -> dict[str, Any]:
 
 def read_accepted(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The accepted tasks as the JSON objects on disk (checked, with every field they carry)."""
-    return _read_run_file(out_dir, _checked_dict)
+    return _read_run_file(out_dir, ACCEPTED_FILE, _checked_dict)
 
 
 def read_self_instruct_tasks(out_dir: str | os.PathLike[str]) -> list[SelfInstructTask]:
     """The finished tasks of a ``--method self-instruct`` run, with their instances."""
-    directory = Path(out_dir)
-    _check_run_dir(directory)
-    notices: list[str] = []
-    try:
-        records = _read_records(directory / TASKS_FILE, SelfInstructTask.from_json, repair=False, notices=notices)
-    except OSError as exc:
-        raise os_error(exc, directory / TASKS_FILE, "read") from exc
-    for notice in notices:
-        log.warning(notice)
-    return records
+    return _read_run_file(out_dir, TASKS_FILE, SelfInstructTask.from_json)
 
 
 def read_rejections(out_dir: str | os.PathLike[str]) -> list[Rejection]:
-    path = Path(out_dir) / REJECTED_FILE
-    notices: list[str] = []
-    records = _read_records(path, Rejection.from_json, repair=False, notices=notices)
-    for notice in notices:
-        log.warning(notice)
-    return records
+    """The rejected candidates of a run, in order."""
+    return _read_run_file(out_dir, REJECTED_FILE, Rejection.from_json)
 
 
 def scan_counters(out_dir: str | os.PathLike[str]) -> Counters:
