@@ -25,6 +25,22 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tiers, for `pytest -m unit` and friends: unit tests are pure logic and crafted files;
+# integration tests run the real CLI or client against a loopback server; soak and e2e are the
+# long ones (e2e needs the real embedded llama.cpp server).
+INTEGRATION = {
+    "test_generate", "test_resilience", "test_hostile_cli", "test_self_instruct", "test_scaling",
+    "test_pool_hostile", "test_fake_openai", "test_report_browser",
+}  # fmt: skip
+SLOW = {"test_soak": "soak", "test_e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__ if item.module is not None else ""
+        tier = SLOW.get(module) or ("integration" if module in INTEGRATION else "unit")
+        item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
