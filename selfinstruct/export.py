@@ -10,6 +10,9 @@ Formats (``EXPORT_FORMATS``):
 ``self-instruct``      JSONL ``{"prompt", "completion"}`` in one of several layouts, chosen per row
                        reproducibly (Self-Instruct's fine-tuning format, our wording)
 ``hf``                 a ``datasets.Dataset`` saved with ``save_to_disk`` (needs the ``hf`` extra)
+``sqlite``             one SQLite file (stdlib ``sqlite3``): tables ``tasks`` (every stored field),
+                       ``rejected``, ``requests`` and ``flags``, full-text search on tasks and a
+                       ``near_duplicates`` view; ``datasette run.db`` browses it with facets and CSV
 
 The chat formats have no separate input slot, so their user turn is the instruction, followed by a
 blank line and the input when the input is not blank (``chat_prompt``).
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 EXPORT_FORMATS: tuple[str, ...] = (
-    "alpaca", "alpaca-jsonl", "sharegpt", "openai", "prompt-completion", "self-instruct", "hf",
+    "alpaca", "alpaca-jsonl", "sharegpt", "openai", "prompt-completion", "self-instruct", "hf", "sqlite",
 )  # fmt: skip
 
 # Formats that may carry the per-task metadata (the others have a fixed shape).
@@ -380,6 +383,98 @@ def _save_hf(rows: list[dict[str, Any]], dest: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _sql_table(db: Any, name: str, rows: list[dict[str, Any]], first: tuple[str, ...]) -> None:
+    """A table with the union of the rows' keys as columns (``first`` first); SQLite types by value."""
+    columns = list(first)
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    quoted = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)  # keys come from the data
+    db.execute(f'CREATE TABLE "{name}" ({quoted})')
+    marks = ", ".join("?" for _ in columns)
+    db.executemany(
+        f'INSERT INTO "{name}" ({quoted}) VALUES ({marks})', ([_sql_value(r.get(c)) for c in columns] for r in rows)
+    )
+
+
+def _save_sqlite(out_dir: Path, dest: Path) -> int:
+    """Write the run as one SQLite database, atomically; return the tasks written."""
+    import sqlite3
+
+    from .records import RecordError
+    from .report import FLAGS_FILE, read_requests
+    from .store import read_rejections
+
+    tasks = _rows(out_dir, include_meta=True)
+    rejected = [{"line": i, **{k: v for k, v in r.to_json().items() if k != "schema"}}
+                for i, r in enumerate(read_rejections(out_dir))]  # fmt: skip
+    requests = [{k: v for k, v in r.to_json().items() if k != "schema"} for r in read_requests(out_dir)]
+    flags: list[dict[str, Any]] = []
+    if (out_dir / FLAGS_FILE).exists():
+        for line in (out_dir / FLAGS_FILE).read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                flag = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of a flag being written
+            if isinstance(flag, dict):
+                flags.append(flag)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(dest.parent, dest.name)
+        os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot write to {dest.parent}: {exc.strerror}; check the path and its permissions") from exc
+    try:
+        db = sqlite3.connect(tmp)
+        try:
+            with db:
+                _sql_table(db, "tasks", tasks, ("id", "instruction", "input", "output"))
+                _sql_table(db, "rejected", rejected, ("line", "reason", "detail", "instruction", "input", "output",
+                                                      "rouge_l", "most_similar_instruction", "nearest_id", "request"))  # fmt: skip
+                _sql_table(db, "requests", requests, ("request", "outcome", "endpoint"))
+                _sql_table(db, "flags", flags, ("ref", "kind", "flagged", "note", "at"))
+                db.execute('CREATE INDEX tasks_id ON tasks ("id")')
+                db.execute('CREATE INDEX rejected_reason ON rejected ("reason")')
+                db.execute(
+                    "CREATE VIEW near_duplicates AS SELECT r.rouge_l, r.instruction AS candidate, "
+                    "t.instruction AS nearest, r.nearest_id, r.detail, r.line FROM rejected r "
+                    "LEFT JOIN tasks t ON t.id = r.nearest_id WHERE r.reason = 'near_duplicate' ORDER BY r.rouge_l DESC"
+                )
+                try:
+                    # content="tasks" (double quotes) is what datasette looks for to offer search.
+                    db.execute('CREATE VIRTUAL TABLE tasks_fts USING fts5(instruction, input, output, content="tasks")')
+                    db.execute("INSERT INTO tasks_fts (rowid, instruction, input, output) "
+                               "SELECT rowid, instruction, input, output FROM tasks")  # fmt: skip
+                except sqlite3.OperationalError:
+                    pass  # an SQLite built without FTS5: everything else is there
+        finally:
+            db.close()
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            raise StoreError(f"cannot write {dest}: {exc}; the previous file is unchanged") from exc
+        if isinstance(exc, RecordError):
+            raise StoreError(str(exc)) from exc
+        raise
+    _sync_directory(dest.parent)
+    return len(tasks)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export_dataset(
     out_dir: str | os.PathLike[str],
     fmt: str,
@@ -397,7 +492,7 @@ def export_dataset(
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    if include_meta and fmt not in _META_FORMATS:
+    if include_meta and fmt not in (*_META_FORMATS, "sqlite"):  # sqlite always keeps every field
         raise ConfigError(
             f"the {fmt} format has a fixed shape and cannot include metadata; "
             f"use {' or '.join(_META_FORMATS)} for that"
@@ -405,8 +500,12 @@ def export_dataset(
     to_stdout = os.fspath(dest) == "-"
     if to_stdout and fmt == "hf":
         raise ConfigError("the hf format writes a directory and cannot go to standard output; give a path")
+    if to_stdout and fmt == "sqlite":
+        raise ConfigError("the sqlite format writes a database file and cannot go to standard output; give a path")
     if not to_stdout:
         _check_destination(Path(out_dir), Path(dest), fmt)
+    if fmt == "sqlite":
+        return _save_sqlite(Path(out_dir), Path(dest))
     rows = _rows(out_dir, include_meta)
     if fmt == "hf":
         _save_hf(rows, Path(dest))

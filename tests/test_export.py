@@ -26,7 +26,7 @@ from selfinstruct.store import RunStore
 
 from conftest import add_tasks
 
-TEXT_FORMATS = [f for f in EXPORT_FORMATS if f != "hf"]
+TEXT_FORMATS = [f for f in EXPORT_FORMATS if f not in ("hf", "sqlite")]
 
 RECORDS = [
     {
@@ -493,3 +493,83 @@ def test_write_error_is_a_one_line_store_error(run_dir: Path, tmp_path: Path, mo
         export_dataset(run_dir, "alpaca-jsonl", dest)
     assert dest.read_text(encoding="utf-8") == "previous export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "run"]
+
+
+# ---------------------------------------------------------------- sqlite (datasette)
+
+
+def _sqlite_rows(path: Path, sql: str) -> list[tuple]:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_sqlite_keeps_every_field(run_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "run.db"
+    assert export_dataset(run_dir, "sqlite", dest) == 4
+    rows = _sqlite_rows(dest, "SELECT instruction, input, output, id, rouge_l, model FROM tasks ORDER BY rowid")
+    assert [r[:3] for r in rows] == [tuple(r.values()) for r in EXPECTED_CORE]
+    assert rows[0][3:] == ("task-000000", 0.41, "m") and rows[2][3:] == (None, None, None)
+    columns = [r[1] for r in _sqlite_rows(dest, "PRAGMA table_info(tasks)")]
+    assert columns[:4] == ["id", "instruction", "input", "output"] and "schema" not in columns
+    assert _sqlite_rows(dest, "SELECT count(*) FROM rejected") == [(0,)]
+
+
+def test_sqlite_has_rejections_requests_search_and_pairs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with RunStore(run) as store:
+        add_tasks(store, [("Translate the greeting into German.", "Hello", "Hallo")], rejected=[("too_short", "Hi.")])
+        add_tasks(store, [("Name the largest planet.", "", "Jupiter")], rejected=[("near_duplicate", "Name the largest planets.")])
+    (run / "flags.jsonl").write_text('{"ref": "task-000001", "kind": "accepted", "flagged": true, "note": "check"}\n{"ref"')
+    dest = tmp_path / "run.db"
+    assert export_dataset(run, "sqlite", dest, include_meta=True) == 2
+    assert _sqlite_rows(dest, "SELECT line, reason, instruction FROM rejected ORDER BY line") == [
+        (0, "too_short", "Hi."), (1, "near_duplicate", "Name the largest planets."),
+    ]  # fmt: skip
+    assert _sqlite_rows(dest, "SELECT request, outcome FROM requests ORDER BY request") == [(0, "answered"), (1, "answered")]
+    assert _sqlite_rows(dest, "SELECT ref, note FROM flags") == [("task-000001", "check")]
+    hits = _sqlite_rows(dest, "SELECT t.id FROM tasks_fts JOIN tasks t ON t.rowid = tasks_fts.rowid WHERE tasks_fts MATCH 'german'")
+    assert hits == [("task-000000",)]
+    # datasette offers search on a table when an FTS table names it as content="table".
+    sql = _sqlite_rows(dest, "SELECT sql FROM sqlite_master WHERE name = 'tasks_fts'")[0][0]
+    assert 'content="tasks"' in sql
+    assert _sqlite_rows(dest, "SELECT candidate FROM near_duplicates") == [("Name the largest planets.",)]
+
+
+def test_sqlite_destination_rules(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot go to standard output"):
+        export_dataset(run_dir, "sqlite", "-")
+    with pytest.raises(ConfigError, match="inside the run directory"):
+        export_dataset(run_dir, "sqlite", run_dir / "run.db")
+    dest = tmp_path / "run.db"
+    dest.write_text("an older export", encoding="utf-8")
+    export_dataset(run_dir, "sqlite", dest)  # replaced whole, never appended to
+    assert _sqlite_rows(dest, "SELECT count(*) FROM tasks") == [(4,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.db"]
+
+
+def test_sqlite_failure_keeps_the_old_file(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "run.db"
+    dest.write_text("previous export", encoding="utf-8")
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_sql_table", broken)
+    with pytest.raises(StoreError, match="cannot write .*run.db.*previous file is unchanged"):
+        export_dataset(run_dir, "sqlite", dest)
+    assert dest.read_text(encoding="utf-8") == "previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.db"]
+
+
+def test_sqlite_from_the_command_line(run_dir: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    result = run_cli("export", str(run_dir), "--format", "sqlite", "-o", str(tmp_path / "run.db"))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 4 tasks" in result.stderr
+    assert _sqlite_rows(tmp_path / "run.db", "SELECT count(*) FROM tasks") == [(4,)]
