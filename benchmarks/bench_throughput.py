@@ -1,13 +1,27 @@
-"""How close `generate` comes to saturating model servers, and what the pipeline itself costs.
+"""How close `generate` comes to saturating model servers, and what the client costs per request.
 
-1. Saturation: loopback fake servers (separate processes) with a fixed latency and capacity (requests
-   beyond it queue). `generate` runs against 1 and against 3 of them with adaptive concurrency;
-   we report answered requests/s ÷ ideal (capacity × endpoints ÷ latency), measured on the
-   servers' own counters over the steady part of the run, and the event loop's worst stall.
-2. Pipeline overhead: an instant server (no latency) and a run directory preloaded with 52k
-   accepted instructions; candidates judged per second on this machine.
+Every row runs twice in one invocation: "before" is the code of git HEAD (exported with
+`git archive` into a temporary directory), "after" is the working tree. Each measurement runs in
+its own child process with that code first on sys.path; each fake server runs in its own process
+(tests/fake_openai.py), so they do not share our interpreter.
 
-Run:  python benchmarks/bench_throughput.py [--seconds 30] [--pool 52000]
+Rows:
+1. saturation, 1 and 3 servers × 32 slots × 0.5 s (12–17 tasks per answer, the default list):
+   answered requests/s (servers' own counters, after a warm-up) ÷ ideal (servers × 32 / 0.5).
+2. saturation of a continuous-batching server: latency 1 s × (1 + in_service/8), up to 128 in
+   service; ÷ its full-batch throughput 128 / (1 + 128/8) = 7.53/s.
+3. judged candidates/s against an instant server, 40 tasks per answer, from an empty run
+   (start-up included), concurrency auto. This row also measures the judge.
+4. client CPU per request: EndpointPool.generate, 128 in flight, against an instant server;
+   user+system CPU of our process ÷ requests.
+
+Mean and p99: the event loop's stall (a 10 ms timer's delay) for the runs of the pipeline, and
+the request latency the client saw (from requests.jsonl).
+
+The machine matters: with 2 cores, the fake servers and this process share them, so rows 3 and 4
+are bounded by the fake's own CPU as much as by ours (it answers ~800 requests/s on one core).
+
+Run:  python benchmarks/bench_throughput.py [--seconds 30] [--batch-seconds 150] [--only after]
 """
 
 from __future__ import annotations
@@ -15,161 +29,314 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
-from selfinstruct.pipeline import RunConfig, run_generation
-from selfinstruct.store import RunStore
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "english_sentences.jsonl"
+FAKE = REPO / "tests" / "fake_openai.py"
 
 
 class FakeProcess:
-    """tests/fake_openai.py as its own process, so it does not share our interpreter."""
+    """tests/fake_openai.py as its own process."""
 
-    def __init__(self, latency: float, capacity: int | None, seed: int) -> None:
-        args = [sys.executable, str(REPO / "tests" / "fake_openai.py"), "--latency", str(latency), "--seed", str(seed)]
+    def __init__(self, latency: float, capacity: int | None, seed: int, batch_slowdown: float | None = None) -> None:
+        args = [sys.executable, str(FAKE), "--latency", str(latency), "--seed", str(seed)]
         if capacity:
             args += ["--capacity", str(capacity)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if batch_slowdown:
+            args += ["--batch-slowdown", str(batch_slowdown)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        self.base_url = line.strip().rsplit(" ", 1)[-1]
+        self.base_url = self.proc.stdout.readline().strip().rsplit(" ", 1)[-1]
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(f"{root}/_fake/stats", timeout=10) as response:
+        with urllib.request.urlopen(f"{root}/_fake/stats", timeout=30) as response:
             return json.loads(response.read())
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.communicate(timeout=10)
+        self.proc.communicate(timeout=30)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def _loop_lag(stop: asyncio.Event, samples: list[float]) -> None:
-    """Worst delay of a 10 ms timer: how long our own CPU work held the event loop."""
+    """Delay of a 10 ms timer: how long our own CPU work held the event loop."""
     while not stop.is_set():
         start = time.perf_counter()
         await asyncio.sleep(0.01)
         samples.append(time.perf_counter() - start - 0.01)
 
 
-async def _timed_run(config: RunConfig, seconds: float, servers: list[FakeProcess], warmup: float) -> dict:
-    stop = asyncio.Event()
-    lags: list[float] = []
-    lag_task = asyncio.create_task(_loop_lag(stop, lags))
-    run = asyncio.create_task(run_generation(config, stop=stop))
-    await asyncio.sleep(warmup)
-    answered_at_warmup = sum(s.stats()["answered"] for s in servers)
-    t0 = time.perf_counter()
-    await asyncio.sleep(seconds - warmup)
-    answered = sum(s.stats()["answered"] for s in servers) - answered_at_warmup
-    elapsed = time.perf_counter() - t0
-    stop.set()
-    summary = await run
-    await lag_task
-    lags.sort()
-    return {
-        "answered_per_s": answered / elapsed,
-        "max_serving": max(s.stats()["max_serving"] for s in servers),
-        "loop_lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)] if lags else 0.0,
-        "loop_lag_max_ms": 1000 * lags[-1] if lags else 0.0,
-        "accepted": summary.accepted,
-        "endpoints": summary.endpoints,
-    }
+def _latencies(run_dir: Path) -> list[float]:
+    out = []
+    path = run_dir / "requests.jsonl"
+    if path.exists():
+        for line in path.open():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record.get("latency"), (int, float)):
+                out.append(float(record["latency"]))
+    return out
 
 
-def saturation(endpoints: int, seconds: float, latency: float, capacity: int) -> dict:
-    servers = [FakeProcess(latency, capacity, seed=100 + i) for i in range(endpoints)]
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = RunConfig(
-                output_dir=Path(tmp) / "run",
-                base_urls=tuple(s.base_url for s in servers),
-                num_instructions=10_000_000,
-                concurrency=None,
-                tasks_per_prompt=5,  # two new tasks an answer: measure the transport, not the judge
-                progress=False,
-                seed=1,
-            )
-            result = asyncio.run(_timed_run(config, seconds, servers, warmup=min(5.0, seconds / 4)))
-    finally:
-        for s in servers:
-            s.stop()
-    ideal = capacity * endpoints / latency
+def _run_config(out: Path, urls: tuple[str, ...], **kwargs: Any) -> Any:
+    from selfinstruct.config import RunConfig
+
+    return RunConfig(output_dir=out, base_urls=urls, num_instructions=10_000_000, progress=False, seed=1, **kwargs)
+
+
+# -- the rows (each runs in a child process: see main) -----------------------------------------
+
+
+def saturation(servers: list[FakeProcess], ideal: float, seconds: float, warmup: float, **config: Any) -> dict[str, Any]:
+    from selfinstruct import run_generation
+
+    async def timed(cfg: Any) -> dict[str, Any]:
+        stop = asyncio.Event()
+        lags: list[float] = []
+        lag_task = asyncio.create_task(_loop_lag(stop, lags))
+        run = asyncio.create_task(run_generation(cfg, stop=stop))
+        await asyncio.sleep(warmup)
+        before = [s.stats() for s in servers]
+        t0 = time.perf_counter()
+        await asyncio.sleep(seconds - warmup)
+        after = [s.stats() for s in servers]
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        summary = await run
+        await lag_task
+        answered = sum(a["answered"] - b["answered"] for a, b in zip(after, before))
+        emitted = sum(a["emitted"] - b["emitted"] for a, b in zip(after, before))
+        return {
+            "answered_per_s": answered / elapsed,
+            "tasks_per_answer": emitted / max(1, answered),
+            "max_serving": max(a["max_serving"] for a in after),
+            "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
+            "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
+            "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
+        }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        result = asyncio.run(timed(_run_config(out, tuple(s.base_url for s in servers), concurrency=None, **config)))
+        latencies = _latencies(out)
+    result["latency_mean_s"] = sum(latencies) / max(1, len(latencies))
+    result["latency_p99_s"] = _percentile(latencies, 0.99)
     result["ideal_per_s"] = ideal
-    result["saturation"] = result["answered_per_s"] / ideal
+    result["ratio"] = result["answered_per_s"] / ideal
     return result
 
 
-def overhead(pool: int, seconds: float) -> dict:
-    sentences = [json.loads(line)["instruction"] for line in DATA.open()][:pool]
-    server = FakeProcess(0.0, None, seed=7)
+def row_saturation(args: argparse.Namespace) -> dict[str, Any]:
+    servers = [FakeProcess(0.5, 32, seed=100 + i) for i in range(args.servers)]
+    try:
+        return saturation(servers, args.servers * 32 / 0.5, args.seconds, min(8.0, args.seconds / 3))
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def row_batching(args: argparse.Namespace) -> dict[str, Any]:
+    server = FakeProcess(1.0, 128, seed=7, batch_slowdown=8)
+    try:
+        full_batch = 128 / (1.0 * (1 + 128 / 8))
+        # Half the run to find the level (round trips of up to 17 s), the rest measured.
+        return saturation([server], full_batch, args.batch_seconds, args.batch_seconds / 2)
+    finally:
+        server.stop()
+
+
+def row_judged(args: argparse.Namespace) -> dict[str, Any]:
+    from selfinstruct import run_generation
+
+    server = FakeProcess(0.0, None, seed=9)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
-            with RunStore(out) as store:
-                for k, text in enumerate(sentences):
-                    store.append_accepted({"id": f"pre-{k}", "instruction": text, "input": "", "output": "x"})
-            config = RunConfig(
-                output_dir=out,
-                base_urls=(server.base_url,),
-                num_instructions=len(sentences) + 1_000_000,
-                concurrency=8,
-                progress=False,
-                seed=1,
-            )
+            cfg = _run_config(out, (server.base_url,), concurrency=None, tasks_per_prompt=48)
 
-            async def go() -> dict:
+            async def go() -> Any:
                 stop = asyncio.Event()
-                run = asyncio.create_task(run_generation(config, stop=stop))
-                await asyncio.sleep(seconds)
+                lags: list[float] = []
+                lag_task = asyncio.create_task(_loop_lag(stop, lags))
+                run = asyncio.create_task(run_generation(cfg, stop=stop))
+                await asyncio.sleep(args.seconds)
                 stop.set()
-                return (await run).counters
+                summary = await run
+                await lag_task
+                return summary, lags
 
             start = time.perf_counter()
-            counters = asyncio.run(go())
+            summary, lags = asyncio.run(go())
             elapsed = time.perf_counter() - start
+            latencies = _latencies(out)
+        stats = server.stats()
     finally:
         server.stop()
-    # Start-up (reading 52k lines, building the index) is inside `elapsed`: report it honestly.
+    candidates = summary.session_candidates
     return {
-        "pool": len(sentences),
-        "session_candidates": counters["session_candidates"],
-        "candidates_per_s": counters["session_candidates"] / elapsed,
-        "elapsed_s": elapsed,
+        "candidates_per_s": candidates / elapsed,
+        "candidates": candidates,
+        "accepted": summary.accepted,
+        "tasks_per_answer": stats["emitted"] / max(1, stats["answered"]),
+        "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
+        "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
+        "latency_mean_s": sum(latencies) / max(1, len(latencies)),
+        "latency_p99_s": _percentile(latencies, 0.99),
+        "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
     }
+
+
+def row_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    from selfinstruct.llm import EndpointPool, GenerationRequest
+
+    request = GenerationRequest(
+        "chat", [{"role": "user", "content": "Come up with a list of 15 diverse task instructions. " * 30}], 2048
+    )
+    in_flight, total = 128, 128 * 40
+    server = FakeProcess(0.0, None, seed=11)
+
+    async def go() -> dict[str, Any]:
+        pool = EndpointPool([server.base_url], api_key="sk-bench", model="fake-model", concurrency=in_flight)
+
+        async def worker(n: int, latencies: list[float]) -> None:
+            for _ in range(n):
+                t = time.perf_counter()
+                await pool.generate(request)
+                latencies.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(worker(5, []) for _ in range(in_flight)))  # connections open, caches warm
+        latencies: list[float] = []
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        await asyncio.gather(*(worker(total // in_flight, latencies) for _ in range(in_flight)))
+        r1, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+        await pool.aclose()
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        return {
+            "cpu_ms_per_request": 1000 * cpu / total,
+            "requests_per_s": total / elapsed,
+            "latency_mean_ms": 1000 * sum(latencies) / len(latencies),
+            "latency_p99_ms": 1000 * _percentile(latencies, 0.99),
+        }
+
+    try:
+        return asyncio.run(go())
+    finally:
+        server.stop()
+
+
+ROWS = {"saturation": row_saturation, "batching": row_batching, "judged": row_judged, "cpu": row_cpu}
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def _head_tree(into: Path) -> Path:
+    """The package as committed at HEAD, for the "before" column."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "selfinstruct"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _child(code: Path, row: str, extra: list[str]) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--row", row, *extra], env=env, capture_output=True, text=True, timeout=3600
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(r: dict[str, Any], key: str, spec: str) -> str:
+    value = r.get(key)
+    return "error" if value is None else format(value, spec)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--latency", type=float, default=0.5)
-    parser.add_argument("--capacity", type=int, default=32)
-    parser.add_argument("--pool", type=int, default=52_000)
-    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the saturation and judged runs")
+    parser.add_argument("--batch-seconds", type=float, default=150.0, help="length of the continuous-batching run")
+    parser.add_argument("--only", choices=["before", "after"], default=None)
+    parser.add_argument("--rows", default="sat1,sat3,batching,judged,cpu")
+    parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)
+    parser.add_argument("--servers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"saturation: latency {args.latency} s, capacity {args.capacity} per endpoint, {args.seconds:.0f} s runs")
-    print(f"{'endpoints':>9} {'ideal/s':>8} {'answered/s':>11} {'ratio':>6} {'max serving':>12} {'loop p99 ms':>12} {'loop max ms':>12}")
-    for endpoints in (1, 3):
-        r = saturation(endpoints, args.seconds, args.latency, args.capacity)
-        print(
-            f"{endpoints:>9} {r['ideal_per_s']:>8.1f} {r['answered_per_s']:>11.1f} {r['saturation']:>6.3f} "
-            f"{r['max_serving']:>12} {r['loop_lag_p99_ms']:>12.1f} {r['loop_lag_max_ms']:>12.1f}"
-        )
-        for url, stats in r["endpoints"].items():
-            print(f"          {url}: limit {stats['concurrency_limit']} peak {stats['concurrency_peak']} cuts {stats['concurrency_cuts']}")
-    if not args.skip_overhead:
-        r = overhead(args.pool, args.seconds)
-        print(
-            f"pipeline overhead: pool {r['pool']}, {r['session_candidates']} candidates in {r['elapsed_s']:.1f} s "
-            f"(start-up included) = {r['candidates_per_s']:.0f} candidates/s"
-        )
+    if args.row:  # a child: one measurement with whatever selfinstruct is first on sys.path
+        import selfinstruct
+
+        result = ROWS[args.row](args)
+        result["code"] = str(Path(selfinstruct.__file__).parent)
+        print(json.dumps(result))
+        return
+
+    timing = ["--seconds", str(args.seconds), "--batch-seconds", str(args.batch_seconds)]
+    plans = {
+        "sat1": ("saturation", ["--servers", "1"]),
+        "sat3": ("saturation", ["--servers", "3"]),
+        "batching": ("batching", []),
+        "judged": ("judged", []),
+        "cpu": ("cpu", []),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        codes = {"before": _head_tree(Path(tmp)), "after": REPO}
+        columns = [args.only] if args.only else ["before", "after"]
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in args.rows.split(","):
+            row, extra = plans[name]
+            for column in columns:
+                results.setdefault(name, {})[column] = r = _child(codes[column], row, extra + timing)
+                print(f"{name:>8} {column:>6}: {json.dumps(r)}", file=sys.stderr, flush=True)
+
+    print(f"\n{os.cpu_count()} cores; fake servers in their own processes on the same cores.")
+    print(f"{'row':<44} {'column':>6} {'value':>10} {'goal':>8}  details")
+    goals = {"sat1": "≥ 0.90", "sat3": "≥ 0.90", "batching": "≥ 0.90", "judged": "≥ 5000", "cpu": "≤ 0.5"}
+    titles = {
+        "sat1": "saturation, 1 server × 32 slots × 0.5 s",
+        "sat3": "saturation, 3 servers × 32 slots × 0.5 s",
+        "batching": "saturation, continuous batching (of 7.53/s)",
+        "judged": "judged candidates/s, instant server, 40/ans",
+        "cpu": "client CPU per request, ms (128 in flight)",
+    }
+    for name, by_column in results.items():
+        for column, r in by_column.items():
+            if "error" in r:
+                print(f"{titles[name]:<44} {column:>6} {'error':>10} {goals[name]:>8}  {r['error']}")
+                continue
+            if name == "cpu":
+                value = _fmt(r, "cpu_ms_per_request", ".3f")
+                details = f"{r['requests_per_s']:.0f} req/s; latency mean {r['latency_mean_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms"
+            elif name == "judged":
+                value = _fmt(r, "candidates_per_s", ".0f")
+                details = (
+                    f"{r['tasks_per_answer']:.1f} tasks/answer; limit/peak/cuts {list(r['limits'].values())}; "
+                    f"loop stall mean {r['loop_lag_mean_ms']:.1f} p99 {r['loop_lag_p99_ms']:.1f} ms; "
+                    f"latency mean {1000 * r['latency_mean_s']:.1f} p99 {1000 * r['latency_p99_s']:.1f} ms"
+                )
+            else:
+                value = _fmt(r, "ratio", ".3f")
+                details = (
+                    f"{r['answered_per_s']:.1f}/{r['ideal_per_s']:.1f} req/s, {r['tasks_per_answer']:.1f} tasks/answer; "
+                    f"limit/peak/cuts {list(r['limits'].values())}; loop stall mean {r['loop_lag_mean_ms']:.1f} "
+                    f"p99 {r['loop_lag_p99_ms']:.1f} ms; latency mean {r['latency_mean_s']:.2f} p99 {r['latency_p99_s']:.2f} s"
+                )
+            print(f"{titles[name]:<44} {column:>6} {value:>10} {goals[name]:>8}  {details}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ It answers ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` with
 JSON, from scripted replies (``enqueue``), a per-request ``handler``, or a deterministic
 generator of fresh tasks in the Alpaca block format. Faults (HTTP errors, dropped connections,
 slow answers, truncated answers) are scripted the same way. ``latency`` and ``capacity`` model
-a server with a fixed number of slots, so a client's achieved concurrency can be measured.
+a server with a fixed number of slots, so a client's achieved concurrency can be measured;
+``batch_slowdown=B`` models a continuous-batching server (vLLM, TGI): each request takes
+``latency × (1 + serving/B)``, ``serving`` counted when it takes its slot, so per-request latency
+grows with the batch while throughput keeps rising up to ``capacity``.
 
 Misbehaving servers, for testing a client's defences:
 
@@ -28,6 +31,7 @@ of concurrent keep-alive connections cost little CPU. Everything the tests read 
 Standalone use (for benchmarks)::
 
     python tests/fake_openai.py --port 8123 --latency 0.5 --capacity 32
+    python tests/fake_openai.py --latency 1 --batch-slowdown 8 --capacity 128
 """
 
 from __future__ import annotations
@@ -564,6 +568,7 @@ class FakeOpenAI:
         models: Sequence[str] = ("fake-model",),
         latency: float = 0.0,
         capacity: int | None = None,
+        batch_slowdown: float | None = None,
         api_key: str | None = None,
         seed: int = 0,
         llama_quirks: bool = False,
@@ -577,6 +582,9 @@ class FakeOpenAI:
             raise ValueError("capacity must be at least 1 (or None for unlimited)")
         if latency < 0:
             raise ValueError("latency must be >= 0")
+        if batch_slowdown is not None and not batch_slowdown > 0:
+            raise ValueError("batch_slowdown must be > 0 (or None for a fixed latency)")
+        self.batch_slowdown = batch_slowdown
         self.models = tuple(models)
         self.latency = float(latency)
         self.capacity = capacity
@@ -790,7 +798,14 @@ class FakeOpenAI:
             "emitted": len(self.emitted),
             "latency": self.latency,
             "capacity": self.capacity,
+            "batch_slowdown": self.batch_slowdown,
         }
+
+    def service_time(self, serving: int) -> float:
+        """Seconds one request takes when it is one of ``serving`` in service."""
+        if self.batch_slowdown is None:
+            return self.latency
+        return self.latency * (1.0 + serving / self.batch_slowdown)
 
     def _notify(self) -> None:
         with self._cond:
@@ -1188,7 +1203,7 @@ class FakeOpenAI:
                 self._notify()
                 try:
                     if self.latency:
-                        await asyncio.sleep(self.latency)
+                        await asyncio.sleep(self.service_time(self.serving))
                     if delay:
                         await asyncio.sleep(delay)
                 finally:
@@ -1335,6 +1350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per completion request")
     parser.add_argument("--capacity", type=int, default=None, help="requests served at once")
+    parser.add_argument(
+        "--batch-slowdown", type=float, default=None, metavar="B",
+        help="continuous batching: each request takes latency × (1 + serving/B)",
+    )
     parser.add_argument("--model", action="append", dest="models", help="model id (repeatable)")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -1346,6 +1365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models=tuple(args.models or ("fake-model",)),
         latency=args.latency,
         capacity=args.capacity,
+        batch_slowdown=args.batch_slowdown,
         api_key=args.api_key,
         seed=args.seed,
         llama_quirks=args.llama_quirks,

@@ -632,6 +632,26 @@ def test_capacity_limits_serving_but_not_arrivals() -> None:
         assert all(r.started is not None and r.finish >= r.started for r in fake.requests)
 
 
+def test_batch_slowdown_makes_latency_grow_with_the_batch() -> None:
+    fake = FakeOpenAI(latency=1.0, batch_slowdown=8, capacity=128)
+    assert [fake.service_time(n) for n in (1, 8, 128)] == [1.125, 2.0, 17.0]
+    # Throughput (serving / service time) still rises all the way to the capacity.
+    rates = [n / fake.service_time(n) for n in (1, 8, 64, 128)]
+    assert rates == sorted(rates)
+    assert FakeOpenAI(latency=0.5).service_time(100) == 0.5  # fixed latency without it
+    with pytest.raises(ValueError):
+        FakeOpenAI(latency=1.0, batch_slowdown=0)
+
+
+def test_batch_slowdown_serves_requests() -> None:
+    with (
+        FakeOpenAI(latency=0.01, batch_slowdown=2, capacity=4) as fake,
+        openai.OpenAI(base_url=fake.base_url, api_key="k", max_retries=0, timeout=20) as c,
+    ):
+        assert parse_blocks(chat(c, "Write 2 tasks").choices[0].message.content)
+        assert fake.stats()["batch_slowdown"] == 2
+
+
 def test_two_hundred_concurrent_connections() -> None:
     count = 200
     body = json.dumps({"model": MODEL, "prompt": "Write 1 tasks\n1. Instruction:"}).encode()
@@ -730,6 +750,8 @@ def test_standalone_server_runs_and_reports_stats() -> None:
             "0.01",
             "--capacity",
             "4",
+            "--batch-slowdown",
+            "8",
             "--model",
             "m1",
         ],
@@ -753,6 +775,7 @@ def test_standalone_server_runs_and_reports_stats() -> None:
         assert (
             stats["completion_requests"] == 1 and stats["emitted"] == 3 and stats["capacity"] == 4
         )
+        assert stats["batch_slowdown"] == 8
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert json.loads(proc.stderr.read().strip().splitlines()[-1])["answered"] == 1

@@ -144,7 +144,7 @@ def test_a_server_failing_every_request_leaves_counters_that_say_so(tmp_path: Pa
     out = tmp_path / "run"
     with FakeOpenAI() as server:
         server.set_handler(lambda ctx: Reply.error(500))
-        result = run_cli(*generate_args(out, server, 5, "--max-attempts", "2", "--retry-wait", "0.01",
+        result = run_cli(*generate_args(out, server, 5, "--max-attempts", "1", "--retry-wait", "0.01",
                                         "--retry-wait-max", "0.02", "--give-up-after", "3"))  # fmt: skip
     assert result.returncode == 1 and "http_500" in one_error_line(result.stderr)
     counters = json.loads((out / "run.json").read_text())["counters"]

@@ -4,6 +4,7 @@ answer parsing. No server; see test_pool_hostile.py for the pool against a real 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Iterator
 from email.utils import format_datetime
@@ -44,32 +45,126 @@ def pool() -> Iterator[EndpointPool]:
 # -- AdaptiveLimit ----------------------------------------------------------------------------
 
 
-def test_slow_start_doubles_per_round_trip_then_grows_by_one() -> None:
-    limit = AdaptiveLimit(initial=4, maximum=64, clock=Clock())
-    for _ in range(4):  # one round trip at 4 in flight
-        limit.on_success(1.0, 100)
-    assert limit.value == 8
-    limit.ssthresh = 8.0  # congestion avoidance from here: +1 per round trip of 8 answers
-    for _ in range(8):
-        limit.on_success(1.0, 100)
-    assert limit.value == 8 and limit.limit == pytest.approx(9.0, abs=0.1)
+class SimServer:
+    """A deterministic server: ``arrive(now)`` returns when that request's answer is complete."""
+
+    def arrive(self, now: float) -> float:
+        raise NotImplementedError
+
+
+class FixedSlots(SimServer):
+    """``slots`` requests served at once for ``service`` seconds each; the rest queue (FIFO)."""
+
+    def __init__(self, slots: int, service: float) -> None:
+        self.free = [0.0] * slots
+        self.service = service
+
+    def arrive(self, now: float) -> float:
+        start = max(now, heapq.heappop(self.free))
+        heapq.heappush(self.free, start + self.service)
+        return start + self.service
+
+
+class ContinuousBatching(SimServer):
+    """Latency ``base × (1 + in_service/slowdown)`` set at admission, up to ``capacity`` at once."""
+
+    def __init__(self, base: float, slowdown: float, capacity: int) -> None:
+        self.base, self.slowdown, self.capacity = base, slowdown, capacity
+        self.busy: list[float] = []
+
+    def arrive(self, now: float) -> float:
+        while self.busy and self.busy[0] <= now:
+            heapq.heappop(self.busy)
+        start = now if len(self.busy) < self.capacity else heapq.heappop(self.busy)
+        done = start + self.base * (1 + (len(self.busy) + 1) / self.slowdown)
+        heapq.heappush(self.busy, done)
+        return done
+
+    def full_batch_throughput(self) -> float:
+        return self.capacity / (self.base * (1 + self.capacity / self.slowdown))
+
+
+class InstantServer(SimServer):
+    """Answers after a fixed round trip; each answer then costs the client ``cpu`` seconds of
+    its one event loop, so the client itself is the bottleneck."""
+
+    def __init__(self, round_trip: float, cpu: float) -> None:
+        self.round_trip, self.cpu, self.loop_free = round_trip, cpu, 0.0
+
+    def arrive(self, now: float) -> float:
+        self.loop_free = max(now + self.round_trip, self.loop_free) + self.cpu
+        return self.loop_free
+
+
+def simulate(server: SimServer, seconds: float, maximum: int = 128, initial: int = 4) -> tuple[AdaptiveLimit, float]:
+    """A client that always has work keeps ``limit.value`` requests in flight for ``seconds``;
+    returns the controller and the answers/s over the last quarter."""
+    clock = Clock()
+    limit = AdaptiveLimit(initial=initial, maximum=maximum, clock=clock)
+    pending: list[tuple[float, int, float]] = []
+    serial = 0
+    answered_late = 0
+    while clock.now < seconds:
+        while len(pending) < limit.value:
+            limit.on_send()
+            serial += 1
+            heapq.heappush(pending, (server.arrive(clock.now), serial, clock.now))
+        done, _, sent = heapq.heappop(pending)
+        clock.now = done
+        limit.on_success(done - sent)
+        limit.on_done()
+        if done >= 0.75 * seconds:
+            answered_late += 1
+    return limit, answered_late / (0.25 * seconds)
+
+
+def test_fixed_slots_settle_at_the_slot_count_not_beyond() -> None:
+    limit, throughput = simulate(FixedSlots(32, 0.5), seconds=300)
+    assert throughput >= 0.95 * 64
+    assert 32 <= limit.value <= 48, limit.value  # more would only queue on the server
+    assert limit.cuts == 0
+
+
+def test_continuous_batching_server_is_driven_near_full_batch() -> None:
+    # Latency per request grows with the batch by design; throughput keeps rising up to 128.
+    server = ContinuousBatching(1.0, 8, 128)
+    limit, throughput = simulate(server, seconds=900)
+    assert throughput >= 0.9 * server.full_batch_throughput(), (limit.value, throughput)
+    assert limit.value >= 48 and limit.cuts == 0
+
+
+def test_instant_server_with_a_client_bound_loop_keeps_a_pipeline_full() -> None:
+    # 0.5 ms round trip, 1 ms of client CPU per answer: at most 1000 answers/s, 667 at limit 1.
+    limit, throughput = simulate(InstantServer(0.0005, 0.001), seconds=60)
+    assert throughput >= 0.95 * 1000
+    assert 2 <= limit.value <= 16, limit.value  # more would only wait for the event loop
+
+
+def test_controller_follows_a_server_that_gets_more_slots() -> None:
+    class Growing(SimServer):
+        def __init__(self) -> None:
+            self.small, self.large = FixedSlots(16, 0.2), FixedSlots(64, 0.2)
+
+        def arrive(self, now: float) -> float:
+            return (self.small if now < 100 else self.large).arrive(now)
+
+    limit, throughput = simulate(Growing(), seconds=400)
+    assert throughput >= 0.9 * 64 / 0.2 and limit.value >= 64
 
 
 def test_limit_never_exceeds_maximum_and_fixed_never_moves() -> None:
-    limit = AdaptiveLimit(initial=4, maximum=6, clock=Clock())
-    for _ in range(50):
-        limit.on_success(1.0, 100)
-    assert limit.value == 6 and limit.peak == 6
+    limit, _ = simulate(FixedSlots(1000, 0.1), seconds=60, maximum=6)
+    assert limit.peak == 6 and limit.value >= 5  # 5 only while probing below the maximum
     fixed = AdaptiveLimit(fixed=3, clock=Clock())
     fixed.on_overload()
-    fixed.on_success(100.0, 1)
+    fixed.on_success(100.0)
     assert fixed.value == 3 and fixed.maximum == 3 and fixed.cuts == 0
 
 
 def test_overload_halves_once_per_round_trip_and_sets_ssthresh_at_episode_start() -> None:
     clock = Clock(0.0)  # a clock starting at 0 must still allow the first cut
     limit = AdaptiveLimit(initial=64, maximum=64, clock=clock)
-    limit.on_success(2.0, 100)  # best latency 2 s: one round trip
+    limit.on_success(2.0)  # best latency 2 s: one round trip
     limit.on_overload()
     assert limit.value == 32 and limit.ssthresh == 32 and limit.cuts == 1
     limit.on_overload()  # same round trip: one burst counts once
@@ -86,16 +181,42 @@ def test_overload_halves_once_per_round_trip_and_sets_ssthresh_at_episode_start(
     assert limit.value == 1  # never below one
 
 
-def test_latency_far_above_baseline_cuts_ten_percent() -> None:
+def test_after_a_cut_each_answer_adds_one_back_to_ssthresh_then_probing_resumes() -> None:
+    clock = Clock(0.0)
+    limit = AdaptiveLimit(initial=64, maximum=128, clock=clock)
+    limit.on_success(1.0)
+    limit.on_overload()
+    clock.now = 1.5
+    limit.on_overload()  # 16, ssthresh 32
+    assert (limit.value, limit.ssthresh, limit.phase) == (16, 32, "recover")
+    for _ in range(16):  # one round trip of answers: doubled, without waiting for a measurement
+        limit.on_success(1.0)
+    assert limit.value == 32 and limit.phase == "hold"
+    for _ in range(50):
+        limit.on_success(1.0)
+    assert limit.value == 32  # not past the known-good level without measuring
+
+
+def test_a_slower_token_is_not_overload() -> None:
+    # The old controller cut by 10 % when latency per token tripled; a batching server does that.
     clock = Clock(10.0)
     limit = AdaptiveLimit(initial=20, maximum=20, clock=clock)
-    limit.on_success(1.0, 100)  # 10 ms per token
-    before = limit.limit
+    limit.on_success(1.0)
     clock.now = 20.0
-    limit.on_success(5.0, 100)  # 50 ms per token: congestion
-    assert limit.limit == pytest.approx(before * 0.9) and limit.cuts == 1
-    limit.on_success(10.0, 1000)  # long answer, same per-token speed as the baseline: no cut
-    assert limit.cuts == 1
+    limit.on_success(50.0)
+    assert limit.cuts == 0 and limit.value == 20
+
+
+def test_a_client_with_too_little_to_send_does_not_raise_the_limit() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(initial=8, maximum=128, clock=clock)
+    limit.on_send()  # only ever one request in flight
+    for _ in range(500):
+        clock.now += 0.1
+        limit.on_success(0.1)
+        limit.on_done()
+        limit.on_send()
+    assert limit.value == 8
 
 
 # -- Retry-After ------------------------------------------------------------------------------
@@ -363,16 +484,21 @@ def test_concurrency_is_capped_and_connection_pool_sized_to_match(
         assert "100000" in caplog.text and str(MAX_CONCURRENCY_PER_ENDPOINT) in caplog.text
         for endpoint in pool._endpoints:
             assert endpoint.limit.maximum == MAX_CONCURRENCY_PER_ENDPOINT
-            connections = endpoint.client._client._transport._pool  # the SDK's httpx pool
-            assert connections._max_connections == MAX_CONCURRENCY_PER_ENDPOINT
+            assert connection_slots(endpoint) == MAX_CONCURRENCY_PER_ENDPOINT
+            assert len(endpoint.sender.shards) > 1  # short pools: httpcore scans all per request
     finally:
         asyncio.run(pool.aclose())
+
+
+def connection_slots(endpoint: Any) -> int:
+    """Connections the endpoint's httpx pools (the SDK's transport, in shards) may open."""
+    return sum(shard._transport._pool._max_connections for shard in endpoint.sender.shards)
 
 
 def test_connection_pool_follows_a_small_limit() -> None:
     pool = EndpointPool([URL], api_key="k", concurrency=3)
     try:
-        assert pool._endpoints[0].client._client._transport._pool._max_connections == 3
+        assert connection_slots(pool._endpoints[0]) == 3
     finally:
         asyncio.run(pool.aclose())
 
