@@ -117,7 +117,7 @@ class Judge:
         """
         parsed = parse_answer(text, continuation_number=continuation_number, finish_reason=finish_reason)
         verdict = Verdict(parsed=len(parsed.candidates), incomplete=parsed.dropped_incomplete)
-        for candidate, reason, detail in getattr(parsed, "rejected", ()):
+        for candidate, reason, detail in parsed.rejected:
             verdict.decisions.append(Reject(candidate, reason, detail))
         if not parsed.candidates and not verdict.decisions:
             verdict.decisions.append(

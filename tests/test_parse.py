@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from selfinstruct import parse
 from selfinstruct.parse import ParseResult, parse_answer
 from selfinstruct.prompts import render_block
+from selfinstruct.records import Candidate
 
 Task = tuple[str, str, str]  # (instruction, input, output)
 
@@ -525,3 +526,203 @@ _ANY_TEXT = st.text(
 @settings(max_examples=300, deadline=None)
 def test_round_trip_arbitrary_texts(tasks: list[Task]) -> None:
     _check_round_trip(tasks)
+
+
+# --- separator and header lines inside an output: kept, or the task is rejected, never cut ------
+
+
+def _block(n: int, instruction: str, output: str, input_: str = "<noinput>") -> str:
+    return f"###\n{n}. Instruction: {instruction}\n{n}. Input:\n{input_}\n{n}. Output:\n{output}\n"
+
+
+def _tasks(result: ParseResult) -> list[Task]:
+    return [(c.instruction, c.input, c.output) for c in result.candidates]
+
+
+def _rejected(result: ParseResult) -> list[tuple[str, str]]:
+    return [(c.instruction, reason) for c, reason, _ in result.rejected]
+
+
+NEXT = _block(2, "Name a color.", "Red")
+
+# (id, output of task 1) for outputs that hold separator or header lines which open no task.
+KEPT_OUTPUTS = [
+    ("markdown_rule", "Dear Ann,\nthe meeting moved to Friday.\n---\nSent from my phone"),
+    ("hash_rule", "Intro paragraph.\n###\nSecond part, after a rule."),
+    ("bold_task_lines_in_a_to_do_list", "**Task 1:** Buy milk.\n**Task 1:** Call the bank."),
+    ("instruction_line_in_steps", "Steps:\nInstruction: read the label.\nThen shake well."),
+    ("numbered_instruction_steps", "1. Instruction: read the label\n1. Input: the bottle"),
+    ("prose_task_lines", "Task 2: wash up\nTask 3: dry the plates"),
+    ("numbered_io_examples", "1. Input: 3\n1. Output: 9\n2. Input: 4\n2. Output: 16"),
+    ("rule_then_heading_text", "Summary.\n\n---\n\n### Details\nMore text."),
+]
+
+
+@pytest.mark.parametrize("output", [o for _, o in KEPT_OUTPUTS], ids=[i for i, _ in KEPT_OUTPUTS])
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_structure_like_lines_inside_an_output_stay_in_it(output: str, position: str) -> None:
+    first = _block(1, "Write the text.", output)
+    text = first + NEXT if position == "first" else _block(0, "Say hi.", "Hi") + first
+    result = parse_answer(text)
+    assert ("Write the text.", "", output) in _tasks(result)
+    assert result.rejected == [] and result.malformed == 0
+
+
+def test_template_output_is_rejected_not_cut() -> None:
+    # The output is itself a task template: a full Instruction/Input/Output sequence, but
+    # unnumbered in a numbered answer. Either reading is a guess, so neither side is accepted.
+    template = "Layout:\nInstruction: <what to do>\nInput: <the data>\nOutput: <the answer>"
+    result = parse_answer(_block(1, "Show a task template.", template) + NEXT)
+    assert _tasks(result) == [("Name a color.", "", "Red")]
+    assert ("Show a task template.", "ambiguous_structure") in _rejected(result)
+    assert all(reason == "ambiguous_structure" for _, reason in _rejected(result))
+
+
+def test_next_numbered_task_header_inside_an_output_is_rejected_not_cut() -> None:
+    # "**Task 2:**" continues the numbering but starts no complete task: task 1 may have been cut.
+    result = parse_answer(_block(1, "Plan a trip.", "Plan:\n**Task 2:** pack the bags") + NEXT)
+    assert _tasks(result) == [("Name a color.", "", "Red")]
+    assert _rejected(result) == [("Plan a trip.", "ambiguous_structure")]
+    detail = result.rejected[0][2]
+    assert "Task 2" in detail and "\n" not in detail
+
+
+def test_instruction_line_inside_an_unnumbered_answer_is_rejected_not_cut() -> None:
+    text = (
+        "**Instruction:** Describe how to bake bread.\n**Input:** None\n"
+        "**Output:** Begin with:\nInstruction: mix the flour\nthen bake it.\n\n"
+        "**Instruction:** Name a color.\n**Input:** None\n**Output:** Red\n"
+    )
+    result = parse_answer(text)
+    assert _tasks(result) == [("Name a color.", "", "Red")]
+    assert _rejected(result) == [("Describe how to bake bread.", "ambiguous_structure")]
+    assert result.malformed == 1  # "mix the flour / then bake it." read as a task without output
+
+
+def test_full_block_inside_an_output_is_caught_by_the_numbering() -> None:
+    # Task 1's output holds a complete block numbered 2 in the prompt's own format; only the
+    # real task 2 after it shows that numbers went 1, 2, 2.
+    inner = "Example:\n###\n2. Instruction: Add 1 and 1.\n2. Input:\n<noinput>\n2. Output:\n2"
+    result = parse_answer(_block(1, "Show an example block.", inner) + NEXT)
+    assert [c.instruction for c in result.candidates] == []
+    rejected = [instruction for instruction, _ in _rejected(result)]
+    assert rejected == ["Show an example block.", "Add 1 and 1.", "Name a color."]
+
+
+def test_rejected_field_defaults_to_empty() -> None:
+    assert ParseResult().rejected == []
+    assert parse_answer(CANONICAL).rejected == []
+
+
+# --- property: whatever lines an output holds, it comes back whole or its task is rejected -----
+
+# Lines the parser may take for structure, with numbers around the rendered ones (1..4).
+_STRUCTURE_LINE = st.one_of(
+    st.sampled_from(
+        ["---", "###", "***", "___", "#####", "```", "```python", "~~~", "Instruction:",
+         "Instruction: do it", "**Instruction:** do it", "### Instruction:", "Input:", "Input: x",
+         "**Input:**", "Output:", "Output: y", "**Output:**", "### Response:", "<noinput>"]
+    ),
+    st.builds(
+        str.format,
+        st.sampled_from(
+            ["{0}. Instruction: do it", "{0}. Instruction:", "{0}. Input:", "{0}. Input: x",
+             "{0}. Output:", "{0}. Output: y", "Instruction {0}: do it", "Output {0}: y",
+             "Task {0}", "Task {0}:", "Task {0}: wash up", "**Task {0}:**", "**Task {0}:** pack",
+             "### Task {0}", "{0}. step", "{0}) step", "**{0}. Instruction:** do it"]
+        ),
+        st.integers(0, 6),
+    ),
+)  # fmt: skip
+_OUTPUT = st.lists(st.one_of(_LINE, st.just(""), _STRUCTURE_LINE), min_size=1, max_size=10).map(
+    "\n".join
+)
+# Instructions and inputs stay plain here: this property is about outputs. Closing remarks ("I
+# hope this helps") are left out too: after the last output they are cut on purpose.
+_PLAIN_WORDS = st.sampled_from(["alpha", "sort", "the", "list", "x=1", "Q?", "é"])
+_PLAIN_LINE = st.lists(_PLAIN_WORDS, min_size=1, max_size=5).map(" ".join)
+_PLAIN = st.lists(_PLAIN_LINE, min_size=1, max_size=3).map("\n".join)
+_TASKS = st.lists(
+    st.tuples(_PLAIN_LINE, st.one_of(st.just(""), _PLAIN), _OUTPUT), min_size=1, max_size=3
+)
+SENTINEL: Task = ("Say done.", "", "done")
+
+
+def _scaffolding(tail: str) -> bool:
+    """Lines without text that only close or open a block: "###", "5. Instruction:", "Input:"."""
+    for line in tail.split("\n"):
+        header = parse._field_header(line) or parse._task_header(line)
+        if line.strip() and not parse._SEPARATOR.match(line) and (header is None or header.rest):
+            return False
+    return True
+
+
+def _check_outputs_whole_or_rejected(tasks: list[Task], *, last_is_end: bool) -> None:
+    text = "".join(render_block(i, *task) for i, task in enumerate(tasks, start=1))
+    result = parse_answer(text)
+    rendered = [_expected(t) for t in tasks]
+    n = len(rendered)
+    for _, reason, detail in result.rejected:
+        assert reason == "ambiguous_structure" and detail and "\n" not in detail
+    rejected = {c.instruction for c, _, _ in result.rejected}
+
+    def beyond(c: Candidate) -> bool:
+        return isinstance(c.meta["number"], int) and c.meta["number"] > n
+
+    # The end of the answer is the one place a parser cannot see: a last output that ends in
+    # "###" or "6. Instruction:", or in a block numbered above n, reads exactly like a closing
+    # separator, a cue, or more tasks. There, and only there, the last output may be cut, and
+    # tasks numbered above n may be read from it.
+    from_tail = [c for c in result.candidates if beyond(c)]
+    seen_in_tail = from_tail + [c for c, _, _ in result.rejected if beyond(c)]
+    numbers = [c.meta["number"] for c in from_tail]
+    assert numbers == sorted(set(numbers))
+    cut_last = None
+    for c in result.candidates:
+        got, number = (c.instruction, c.input, c.output), c.meta["number"]
+        if beyond(c):
+            assert last_is_end, f"candidate {got} (number {number}) is not a rendered task"
+            assert c.instruction in rendered[-1][2] and c.output in rendered[-1][2]
+            continue
+        assert isinstance(number, int) and number >= 1, f"candidate {got} is not a rendered task"
+        if got == rendered[number - 1]:
+            continue
+        assert last_is_end and number == n and got[:2] == rendered[-1][:2], (
+            f"candidate {got} (number {number}) is not a rendered task"
+        )
+        output = rendered[-1][2]
+        assert output.startswith(c.output) and c.output != output
+        cut_last = output[len(c.output) :]
+        if not _scaffolding(cut_last):  # then the tail is where the tasks above n came from
+            assert seen_in_tail and all(e.instruction in cut_last for e in seen_in_tail)
+
+    # No candidate output is a strict prefix of a rendered one, but for that cut.
+    for c in result.candidates:
+        got = (c.instruction, c.input, c.output)
+        truncates = any(
+            r[:2] == got[:2] and r[2] != got[2] and r[2].startswith(got[2]) for r in rendered
+        )
+        assert not truncates or got in rendered or (cut_last is not None and c.meta["number"] == n)
+
+    numbered = {c.meta["number"]: (c.instruction, c.input, c.output) for c in result.candidates}
+    for i, task in enumerate(rendered, start=1):
+        got = numbered.get(i)
+        if got is None:
+            assert task[0] in rejected, f"task {i} {task} lost without a reason"
+        elif got != task:  # never a truncation, but for the last output's tail checked above
+            assert last_is_end and i == n and cut_last is not None and task[2].startswith(got[2])
+
+
+@given(_TASKS)
+@settings(max_examples=500, deadline=None)
+def test_outputs_with_structure_lines_come_back_whole_or_rejected(tasks: list[Task]) -> None:
+    # A plain last task keeps every generated task away from the end of the answer.
+    _check_outputs_whole_or_rejected([*tasks, SENTINEL], last_is_end=False)
+
+
+@given(_TASKS)
+@settings(max_examples=500, deadline=None)
+def test_last_output_with_structure_lines_is_cut_only_where_the_answer_could_end(
+    tasks: list[Task],
+) -> None:
+    _check_outputs_whole_or_rejected(tasks, last_is_end=True)
