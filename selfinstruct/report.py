@@ -59,6 +59,7 @@ from .store import (
     REJECTED_FILE,
     REQUESTS_FILE,
     _add_legacy_counters,
+    _check_run_dir,
     now_utc,
     read_accepted,
     read_rejections,
@@ -364,15 +365,6 @@ def _load_seeds(path: str | os.PathLike[str] | None) -> list[SeedTask]:
             raise
         log.warning(f"report: the bundled seed tasks could not be read ({exc}); seeds will show as text")
         return []
-
-
-def _check_run_dir(directory: Path) -> None:
-    if not directory.is_dir():
-        raise StoreError(f"{directory} is not a directory; pass the --output-dir of a generate run")
-    if not (directory / ACCEPTED_FILE).exists():
-        raise StoreError(
-            f"{directory / ACCEPTED_FILE} does not exist; is {directory} the output of `selfinstruct generate`?"
-        )
 
 
 def load_run(run_dir: str | os.PathLike[str], seed_tasks: str | os.PathLike[str] | None = None) -> RunData:

@@ -551,22 +551,27 @@ class RunStore:
         return tally
 
     def _fold_rejected(self, tally: _Tally, offset: int, first_line: int) -> None:
-        for r in _read_records(
-            self.path(REJECTED_FILE), Rejection.from_json, offset=offset, first_line=first_line, repair=True,
-            notices=self.notices,
-        ):  # fmt: skip
-            tally.counters.add_rejection(r)
-            tally.max_request = max(tally.max_request, r.request)
-        self._lines[REJECTED_FILE] = first_line - 1 + self._count_lines(REJECTED_FILE, offset)
+        self._fold(tally, REJECTED_FILE, Rejection.from_json, tally.counters.add_rejection, offset, first_line)
 
     def _fold_requests(self, tally: _Tally, offset: int, first_line: int) -> None:
-        for r in _read_records(
-            self.path(REQUESTS_FILE), RequestRecord.from_json, offset=offset, first_line=first_line, repair=True,
-            notices=self.notices,
-        ):  # fmt: skip
-            tally.counters.add_request(r)
-            tally.max_request = max(tally.max_request, r.request)
-        self._lines[REQUESTS_FILE] = first_line - 1 + self._count_lines(REQUESTS_FILE, offset)
+        self._fold(tally, REQUESTS_FILE, RequestRecord.from_json, tally.counters.add_request, offset, first_line)
+
+    def _fold(
+        self,
+        tally: _Tally,
+        name: str,
+        parse: Callable[[Any], Rejection | RequestRecord],
+        count: Callable[[Any], None],
+        offset: int,
+        first_line: int,
+    ) -> None:
+        """Count a file's records from ``offset`` into ``tally`` (repairing what cannot be read)."""
+        for record in _read_records(
+            self.path(name), parse, offset=offset, first_line=first_line, repair=True, notices=self.notices
+        ):
+            count(record)
+            tally.max_request = max(tally.max_request, record.request)
+        self._lines[name] = first_line - 1 + self._count_lines(name, offset)
 
     def _count_lines(self, name: str, offset: int) -> int:
         path = self.path(name)
