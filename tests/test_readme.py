@@ -31,3 +31,16 @@ def test_readme_main_command_uses_real_options() -> None:
         words = shlex.split(step)
         if words[0] == "selfinstruct":
             parser.parse_args(words[1:])  # raises SystemExit on an unknown option or format
+
+
+def test_readme_main_command_exports_outside_the_run_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """export refuses to write into the run directory, so the README's command must not ask it to."""
+    from selfinstruct.export import _check_destination
+
+    steps = [shlex.split(part.strip()) for part in readme_commands()[0].split("&&")]
+    parser = _build_parser()
+    parsed = [parser.parse_args(words[1:]) for words in steps if words[0] == "selfinstruct"]
+    run_dir = next(a.output_dir for a in parsed if a.command == "generate")
+    for args in (a for a in parsed if a.command == "export"):
+        assert args.dir == run_dir
+        _check_destination(tmp_path / run_dir, tmp_path / args.output, args.format)  # raises if inside
