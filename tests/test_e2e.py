@@ -24,7 +24,9 @@ from selfinstruct.local import find_default_model
 from selfinstruct.records import Candidate
 from selfinstruct.seeds import load_seed_tasks
 
-pytestmark = pytest.mark.e2e
+# A real 135M model on 2 shared cores: each run gets its own 900 s bound (run_cli), so the
+# per-test limit must not cut it first.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 try:
     find_default_model()
