@@ -35,6 +35,7 @@ or one more task.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -262,7 +263,7 @@ def _reaches_output(
     Returns whether it reaches an Output header with instruction text before the next block
     starts, and the block's number.
     """
-    for line in lines[k:]:
+    for line in itertools.islice(lines, k, None):
         if _SEPARATOR.match(line):
             break
         header = _header(line)
@@ -307,13 +308,15 @@ def _quote(line: str) -> str:
 
 
 def _leave_output(
-    lines: list[str], i: int, cur: _Block, here: int | None, closing: list[bool]
+    lines: list[str], i: int, cur: _Block, numbered: int | None, closing: list[bool]
 ) -> bool:
     """Whether the structural line ``lines[i]`` inside ``cur``'s output ends that output.
 
-    ``here`` is the number of ``cur``, or of the last numbered task before it. Splits that turn
-    out to be guesses are rejected later, by ``_doubts``.
+    ``numbered`` is the number of the last numbered block before ``cur``. Splits that turn out
+    to be guesses are rejected later, by ``_doubts``.
     """
+    here = _instruction_and_number(cur)[1]
+    here = numbered if here is None else here
     line = lines[i]
     if _SEPARATOR.match(line):
         if closing[i]:
@@ -394,9 +397,7 @@ def _scan(lines: list[str], continuation_number: int | None) -> list[_Block]:
                     )
                 )
             )
-            here = _instruction_and_number(cur)[1]
-            here = numbered if here is None else here
-            if not (structural and _leave_output(lines, i, cur, here, closing)):
+            if not (structural and _leave_output(lines, i, cur, numbered, closing)):
                 cur.append(line)  # e.g. "Input:" or "---" inside an output: ordinary text
                 continue
             if header is None:
@@ -512,11 +513,12 @@ def _doubts(
             fake.add(k)
             where = _quote(blocks[k].opener)
             doubts.setdefault(k, f"it may be lines of the output before it, from {where}: {why}")
-            if cut(k) and k - 1 not in fake and k - 1 not in fakes:
-                if bare(k - 1):
-                    todo.append(k - 1)  # nothing to lose there: the doubt goes on before it
-                else:
-                    doubts.setdefault(k - 1, f"its output may go on past {where}: {why}")
+            if k == 0 or k - 1 in fake or k - 1 in fakes:
+                continue
+            if bare(k - 1):
+                todo.append(k - 1)  # nothing to lose there: the doubt goes on before it
+            elif cut(k):
+                doubts.setdefault(k - 1, f"its output may go on past {where}: {why}")
 
     # Numbers that stop increasing ("4, 5, 5"). The blocks since the last one numbered below may
     # be output lines if they cut an output or follow one that may be output lines. The highest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from selfinstruct import parse
@@ -698,6 +698,8 @@ def _check_outputs_whole_or_rejected(tasks: list[Task], *, last_is_end: bool) ->
 
     # No candidate output is a strict prefix of a rendered one, but for that cut.
     for c in result.candidates:
+        if beyond(c):
+            continue  # read from the last output's tail, checked above
         got = (c.instruction, c.input, c.output)
         truncates = any(
             r[:2] == got[:2] and r[2] != got[2] and r[2].startswith(got[2]) for r in rendered
@@ -714,6 +716,9 @@ def _check_outputs_whole_or_rejected(tasks: list[Task], *, last_is_end: bool) ->
 
 
 @given(_TASKS)
+@example([("a", "", "Instruction:\n2. Output:"), ("b", "", "2. Instruction: do it\nOutput:")])
+@example([("a", "", "0. Instruction: do it\nOutput:\n1. Instruction: do it\nOutput:")])
+@example([("a", "", "---"), ("b", "", "3. Instruction:\n2. Instruction: do it\nOutput:")])
 @settings(max_examples=500, deadline=None)
 def test_outputs_with_structure_lines_come_back_whole_or_rejected(tasks: list[Task]) -> None:
     # A plain last task keeps every generated task away from the end of the answer.
@@ -721,6 +726,11 @@ def test_outputs_with_structure_lines_come_back_whole_or_rejected(tasks: list[Ta
 
 
 @given(_TASKS)
+@example([("a", "", "---\nTask 2\nOutput:\n3. Instruction: do it")])
+@example([("a", "", "Task 2\nTask 0: wash up\n### Instruction:")])
+@example([("a", "", "2. Instruction:\n---\nalpha")])
+@example([("a", "", "5. step\n```\n5. Output:")])
+@example([("alpha", "", "2. Instruction:\nalpha\nOutput:")])
 @settings(max_examples=500, deadline=None)
 def test_last_output_with_structure_lines_is_cut_only_where_the_answer_could_end(
     tasks: list[Task],
