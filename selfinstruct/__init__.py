@@ -54,6 +54,14 @@ _EXPORTS: dict[str, str] = {
     "read_accepted_records": "store",
     "Judge": "judge",
     "EmbeddedServer": "local",
+    "JudgeConfig": "config",
+    "JudgeFilter": "export",
+    "JudgeSummary": "judging",
+    "judge_tasks": "judging",
+    "run_judge": "judging",
+    "Judgment": "records",
+    "read_judgments": "store",
+    "calibrate": "calibration",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -31,6 +31,13 @@ EMBEDDED_NOTE = (
 )
 
 
+EMBEDDED_JUDGE_NOTE = (
+    "No --base-url and no OPENAI_BASE_URL: judging with the small embedded model (SmolLM2-135M-Instruct on the "
+    "CPU), which shows the stage working but whose verdicts are close to noise. For a judgment to trust, point "
+    "it at a strong model: --base-url http://HOST:8000/v1 --model NAME."
+)
+
+
 def _concurrency(value: str) -> int | None:
     if value == "auto":
         return None
@@ -129,6 +136,41 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     filt.add_argument("--no-seed-check", action="store_true", help="use the seed file even if `seeds check` finds problems")
     p.add_argument("--allow-config-change", action="store_true", help="resume even though generation settings changed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    judge = p.add_argument_group("judge (see `selfinstruct judge --help`)")
+    judge.add_argument("--judge", action="store_true", help="have a judge model review each task as it is accepted")
+    _add_judge_options(judge, prefix="judge-")
+
+
+def _add_judge_options(group: Any, prefix: str = "") -> None:
+    """The judge's server and rubric options; under `generate` they carry a judge- prefix."""
+    group.add_argument(
+        f"--{prefix}base-url", action="append", metavar="URL", dest="judge_base_url",
+        help="the judge's OpenAI-compatible base URL(s) (default: " + (
+            "the generator's servers)" if prefix else "$OPENAI_BASE_URL; neither: the embedded local model)"
+        ),
+    )  # fmt: skip
+    group.add_argument(f"--{prefix}model", dest="judge_model", help="the judge's model (default: the first the server lists)")
+    if not prefix:
+        group.add_argument("--api-key", dest="judge_api_key", help="API key (default $OPENAI_API_KEY)")
+        group.add_argument("--model-path", type=Path, dest="judge_model_path", help="GGUF file for the embedded server")
+    group.add_argument(
+        f"--{prefix}rubric", type=Path, metavar="FILE", dest="judge_rubric",
+        help="JSON file with 'system' and/or 'template' replacing the rubric's texts (a new rubric is a new judge)",
+    )  # fmt: skip
+    group.add_argument(
+        f"--{prefix}structured", choices=("auto", "json_schema", "json_object", "off"), default="auto", dest="judge_structured",
+        help="how JSON is asked for: auto (default) tries response_format json_schema, then json_object, then none",
+    )  # fmt: skip
+    group.add_argument(f"--{prefix}api", choices=("chat", "completions"), default="chat", dest="judge_api", help="default chat")
+    group.add_argument(
+        f"--{prefix}concurrency", type=_concurrency, default=None, metavar="K|auto", dest="judge_concurrency",
+        help="judge requests in flight per endpoint (default auto)",
+    )  # fmt: skip
+    group.add_argument(f"--{prefix}max-tokens", type=int, dest="judge_max_tokens", help="tokens per judge answer (default 512; 320 on the embedded model)")
+    group.add_argument(
+        f"--{prefix}attempts", type=int, default=2, dest="judge_attempts",
+        help="tries per task in a session when the answer cannot be read (default %(default)s); it stays unjudged, never scored",
+    )  # fmt: skip
 
 
 def _add_filter_options(group: Any) -> Any:
@@ -156,6 +198,35 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="alpaca", help="default alpaca (the Alpaca JSON list)")
     p.add_argument("-o", "--output", required=True, help="destination file ('-' for stdout; a directory for hf)")
     p.add_argument("--include-meta", action="store_true", help="keep provenance fields (alpaca formats)")
+
+    p.add_argument("--min-overall", type=int, choices=range(1, 6), metavar="1-5", help="keep tasks the judge scored at least this")
+    p.add_argument(
+        "--require", metavar="CHECKS",
+        help="keep tasks that passed these judge questions, comma-separated: valid,input,output",
+    )  # fmt: skip
+    p.add_argument("--judge", dest="judge_fingerprint", metavar="FINGERPRINT", help="whose judgments filter (default: the latest judge)")
+
+    p = sub.add_parser(
+        "judge", help="have a model review every task (resumable); filter the export by its scores",
+        description="A judge model answers three questions of each task (valid instruction? fitting input? correct "
+        "output?) and scores it 1-5. Killed or interrupted, the same command goes on; a task is never judged twice "
+        "by the same judge, and an answer that cannot be read leaves the task unjudged, never scored.",
+    )  # fmt: skip
+    p.add_argument("dir", type=_directory, help="run directory of `generate`")
+    _add_judge_options(p)
+    p.add_argument("--limit", type=int, help="judge at most this many tasks in this session (e.g. a sample for calibration)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("calibrate", help="how far to trust the judge: its agreement with human labels (Cohen's kappa)")
+    p.add_argument("dir", type=Path, help="run directory with judgments")
+    p.add_argument(
+        "--labels", type=Path,
+        help="JSONL of human labels {task_id, valid, input, output, overall} (any subset), or flags from the report "
+        "(default: DIR/flags.jsonl)",
+    )  # fmt: skip
+    p.add_argument("--judge", dest="judge_fingerprint", metavar="FINGERPRINT", help="which judge (default: the latest)")
+    p.add_argument("--threshold", type=int, default=4, choices=range(1, 6), metavar="1-5", help="overall score that counts as a pass (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
     p = sub.add_parser("stats", help="report statistics of a run (and plot them)")
     p.add_argument("dir", type=Path, help="run directory of `generate`")
@@ -265,6 +336,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         max_fruitless_answers=args.max_fruitless_answers,
         max_consecutive_bad_requests=args.max_consecutive_bad_requests,
         progress=not args.quiet,
+        judge=_judge_config(args, args.output_dir, env_url=False) if args.judge else None,
     )
     summary = generate(config)
     print(summary.format(), file=sys.stderr)
@@ -274,10 +346,59 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_dataset
+def _judge_config(args: argparse.Namespace, output_dir: Path, *, env_url: bool) -> Any:
+    from .config import JudgeConfig
 
-    rows = export_dataset(args.dir, args.format, args.output, include_meta=args.include_meta)
+    urls = _split_urls(args.judge_base_url)
+    if not urls and env_url:
+        urls = _split_urls([os.environ.get("OPENAI_BASE_URL", "")])
+    return JudgeConfig(
+        output_dir=output_dir,
+        base_urls=urls,
+        api_key=getattr(args, "judge_api_key", None) or getattr(args, "api_key", None) or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+        model=args.judge_model,
+        model_path=getattr(args, "judge_model_path", None) or getattr(args, "model_path", None),
+        rubric=args.judge_rubric,
+        structured=args.judge_structured,
+        api=args.judge_api,
+        concurrency=args.judge_concurrency,
+        max_tokens=args.judge_max_tokens,
+        attempts_per_task=args.judge_attempts,
+        limit=getattr(args, "limit", None),
+        progress=not args.quiet,
+    )
+
+
+def _run_judge(args: argparse.Namespace) -> int:
+    from .judging import judge_tasks
+
+    config = _judge_config(args, args.dir, env_url=True)
+    if not config.base_urls:
+        print(EMBEDDED_JUDGE_NOTE, file=sys.stderr)
+    summary = judge_tasks(config)
+    print(summary.format(), file=sys.stderr)
+    if summary.status == "interrupted":
+        print(f"Interrupted. Go on with the same command: {_resume_command(sys.argv[1:])}", file=sys.stderr)
+        return 128 + summary.signal if summary.signal else 128 + signal.SIGINT
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate, format_calibration
+
+    labels = args.labels or args.dir / "flags.jsonl"
+    result = calibrate(args.dir, labels, args.judge_fingerprint, threshold=args.threshold)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_calibration(result), end="")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import JudgeFilter, export_dataset
+
+    keep = None
+    if args.min_overall is not None or args.require or args.judge_fingerprint:
+        keep = JudgeFilter.parse(args.min_overall, args.require, args.judge_fingerprint)
+    rows = export_dataset(args.dir, args.format, args.output, include_meta=args.include_meta, keep=keep)
     if args.output != "-":
         print(f"wrote {rows} tasks to {args.output} ({args.format})", file=sys.stderr)
     return 0
@@ -343,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         _setup_logging()
-        handlers = {"generate": _run_generate, "export": _run_export, "stats": _run_stats, "report": _run_report}
+        handlers = {
+            "generate": _run_generate, "export": _run_export, "stats": _run_stats, "report": _run_report,
+            "judge": _run_judge, "calibrate": _run_calibrate,
+        }  # fmt: skip
         if args.command == "seeds":
             return _run_seeds_check(args)
         return handlers[args.command](args)

@@ -16,11 +16,13 @@ from typing import Any, Literal, get_args
 from .errors import ConfigError
 from .filters import FilterConfig
 
-__all__ = ["Api", "Method", "RunConfig", "Tokenizer", "default"]
+__all__ = ["Api", "JudgeConfig", "Method", "RunConfig", "Structured", "Tokenizer", "default"]
 
 Api = Literal["chat", "completions"]
 Tokenizer = Literal["rouge", "unicode"]
 Method = Literal["alpaca", "self-instruct"]
+# How a judge asks for JSON: auto tries json_schema, then json_object, then plain text.
+Structured = Literal["auto", "json_schema", "json_object", "off"]
 
 # Per method: demos per prompt, of which from accepted tasks, list length, temperature, top_p.
 # Alpaca: 3 seed tasks, 20 per list, T=1, top_p=1. Self-Instruct: 8 instructions (6 seed + 2
@@ -96,6 +98,7 @@ class RunConfig:
     max_fruitless_answers: int = 200  # this many answers in a row with no usable task: stop
     max_consecutive_bad_requests: int = 10  # the same 4xx on this many requests in a row: stop
     progress: bool = True
+    judge: JudgeConfig | None = None  # judge tasks as they are accepted (generate --judge)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types a caller may reasonably pass
@@ -245,6 +248,86 @@ class RunConfig:
             settings["method"] = resolved.method
             settings["max_instances"] = resolved.max_instances
         return settings
+
+
+# A judge answer is a short JSON object; the embedded model's context (2048) also holds the task.
+JUDGE_MAX_TOKENS = 512
+EMBEDDED_JUDGE_MAX_TOKENS = 320
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    """Everything ``judge`` needs. Only ``output_dir`` has no default; it is the run to judge.
+
+    Empty ``base_urls``: the generator's servers under ``generate --judge``, else the embedded model.
+    The judge's fingerprint covers model, rubric, prompt version and sampling (temperature 0);
+    how JSON is asked for (``structured``) is not part of it.
+    """
+
+    output_dir: Path
+    base_urls: tuple[str, ...] = ()
+    api_key: str = field(default="EMPTY", repr=False)
+    model: str | None = None
+    model_path: Path | None = None  # GGUF for the embedded server
+    rubric: Path | None = None  # JSON replacing the rubric's system text and/or template
+    structured: Structured = "auto"
+    api: Api = "chat"
+    concurrency: int | None = None
+    max_concurrency: int = 64
+    max_tokens: int | None = None  # None: 512, or 320 on the embedded model
+    attempts_per_task: int = 2  # unreadable answers per task per session before it is left unjudged
+    limit: int | None = None  # judge at most this many tasks in this session (a sample)
+    request_timeout: float = 600.0
+    max_attempts: int = 8
+    retry_wait: float = 1.0
+    retry_wait_max: float = 60.0
+    give_up_after: float = 600.0
+    max_unreadable_answers: int = 100  # this many unreadable answers in a row: stop with the fix
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if isinstance(self.output_dir, str):
+            set_(self, "output_dir", Path(self.output_dir))
+        if isinstance(self.base_urls, str):
+            set_(self, "base_urls", (self.base_urls,))
+        set_(self, "base_urls", tuple(self.base_urls))
+        for name in ("model_path", "rubric"):
+            if isinstance(getattr(self, name), str):
+                set_(self, name, Path(getattr(self, name)))
+        problems: list[str] = []
+        for url in self.base_urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                problems.append(f"--judge-base-url {url!r} is not an http(s) URL; pass e.g. http://localhost:8000/v1")
+        if self.structured not in get_args(Structured):
+            problems.append(f"structured must be one of {', '.join(get_args(Structured))}, got {self.structured!r}")
+        if self.api not in get_args(Api):
+            problems.append(f"api must be one of {', '.join(get_args(Api))}, got {self.api!r}")
+        for name, low in (("max_concurrency", 1), ("attempts_per_task", 1), ("max_attempts", 1), ("max_unreadable_answers", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"{name.replace('_', '-')} must be a whole number of at least {low}, got {value!r}")
+        for name in ("concurrency", "max_tokens", "limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                problems.append(f"{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.max_tokens or (EMBEDDED_JUDGE_MAX_TOKENS if not self.base_urls else JUDGE_MAX_TOKENS)
+
+    def judge_settings(self, model: str, *, rubric: str, prompt_version: str) -> dict[str, Any]:
+        """What defines a judgment: a change makes a new judge fingerprint, never an overwrite."""
+        return {
+            "model": model,
+            "rubric": rubric,
+            "prompt_version": prompt_version,
+            "api": self.api,
+            "temperature": 0.0,
+            "max_tokens": self.answer_tokens,
+        }
 
 
 def default(name: str) -> Any:

@@ -29,6 +29,7 @@ regular file (a device or FIFO would be replaced by a file; use ``"-"`` and redi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -37,14 +38,17 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, StoreError
-from .store import TASKS_FILE, read_accepted, read_self_instruct_tasks
+from .records import CHECKS, Judgment
+from .store import TASKS_FILE, read_accepted, read_judges, read_judgments, read_self_instruct_tasks
 
 __all__ = [
     "EXPORT_FORMATS",
+    "JudgeFilter",
     "PROMPT_NO_INPUT",
     "PROMPT_WITH_INPUT",
     "chat_prompt",
@@ -92,11 +96,94 @@ def chat_prompt(instruction: str, input: str = "") -> str:
     return f"{instruction}\n\n{input}" if _has_input(input) else instruction
 
 
-def _self_instruct_rows(out_dir: Path, include_meta: bool) -> list[dict[str, Any]]:
+log = logging.getLogger("selfinstruct")
+
+
+@dataclass(frozen=True)
+class JudgeFilter:
+    """Keep only what a judge passed: ``overall >= min_overall`` and every check in ``require``.
+
+    ``judge`` picks whose judgments count (a fingerprint or its prefix); the default is the latest
+    judge that judged anything. A task that judge has not judged is left out: no score is assumed.
+    """
+
+    min_overall: int | None = None
+    require: tuple[str, ...] = ()
+    judge: str | None = None
+
+    @classmethod
+    def parse(cls, min_overall: int | None, require: str | None, judge: str | None) -> JudgeFilter:
+        names = tuple(n.strip() for n in (require or "").split(",") if n.strip())
+        unknown = [n for n in names if n not in CHECKS]
+        if unknown:
+            raise ConfigError(f"--require {', '.join(unknown)}: unknown question; choose from {','.join(CHECKS)}")
+        if min_overall is not None and not 1 <= min_overall <= 5:
+            raise ConfigError(f"--min-overall {min_overall}: the judge scores 1 to 5")
+        return cls(min_overall=min_overall, require=names, judge=judge)
+
+    def keeps(self, judgment: Judgment) -> bool:
+        if self.min_overall is not None and (judgment.overall or 0) < self.min_overall:
+            return False
+        return all(judgment.passed(name) for name in self.require)
+
+    def verdicts(self, out_dir: Path) -> dict[tuple[str, int | None], Judgment]:
+        """The judged record per task under the chosen judge (the first, should there be more)."""
+        judgments = read_judgments(out_dir)
+        used = {j.judge for j in judgments if j.status == "judged"}
+        if not used:
+            raise ConfigError(f"{out_dir} has no judgments; run `selfinstruct judge {out_dir}` first")
+        if self.judge is not None:
+            matches = sorted(f for f in used if f.startswith(self.judge))
+            if len(matches) != 1:
+                raise ConfigError(
+                    f"--judge {self.judge} matches {len(matches)} of the judges here ({', '.join(sorted(used))}); "
+                    "give one fingerprint (see `selfinstruct stats`)"
+                )
+            chosen = matches[0]
+        else:
+            order = [h["fingerprint"] for h in read_judges(out_dir) if h["fingerprint"] in used]
+            chosen = order[-1] if order else next(j.judge for j in reversed(judgments) if j.status == "judged")
+        verdicts: dict[tuple[str, int | None], Judgment] = {}
+        for j in judgments:
+            if j.judge == chosen and j.status == "judged":
+                verdicts.setdefault(j.key, j)
+        return verdicts
+
+
+Verdicts = dict[tuple[str, int | None], Judgment]
+
+
+def _filter_rows(
+    out_dir: Path, rows: list[dict[str, Any]], keys: list[tuple[str, int | None]], judged: tuple[JudgeFilter, Verdicts]
+) -> list[dict[str, Any]]:
+    keep, verdicts = judged
+    kept: list[dict[str, Any]] = []
+    unjudged = failed = 0
+    for row, key in zip(rows, keys):
+        judgment = verdicts.get(key)
+        if judgment is None:
+            unjudged += 1
+        elif keep.keeps(judgment):
+            kept.append(row)
+        else:
+            failed += 1
+    log.info("judge filter: kept %d of %d tasks; %d below it, %d not judged by that judge", len(kept), len(rows), failed, unjudged)
+    if unjudged:
+        log.warning(
+            "%d tasks have no judgment and were left out; run `selfinstruct judge %s` to judge them", unjudged, out_dir
+        )
+    return kept
+
+
+def _self_instruct_rows(
+    out_dir: Path, include_meta: bool, keys: list[tuple[str, int | None]] | None = None
+) -> list[dict[str, Any]]:
     """One row per instance of a ``--method self-instruct`` run (tasks in the order they finished)."""
     rows: list[dict[str, Any]] = []
     for task in read_self_instruct_tasks(out_dir):
         for number, (task_input, output) in enumerate(task.instances):
+            if keys is not None:
+                keys.append((task.id, number))
             row: dict[str, Any] = {"instruction": task.instruction, "input": task_input, "output": output}
             if include_meta:
                 row.update(id=task.id, instance=number, is_classification=task.is_classification,
@@ -106,11 +193,16 @@ def _self_instruct_rows(out_dir: Path, include_meta: bool) -> list[dict[str, Any
     return rows
 
 
-def _rows(out_dir: str | os.PathLike[str], include_meta: bool) -> list[dict[str, Any]]:
+def _rows(
+    out_dir: str | os.PathLike[str], include_meta: bool, keep: tuple[JudgeFilter, Verdicts] | None = None
+) -> list[dict[str, Any]]:
+    keys: list[tuple[str, int | None]] = []
     if (Path(out_dir) / TASKS_FILE).exists():
-        return _self_instruct_rows(Path(out_dir), include_meta)
-    rows: list[dict[str, Any]] = []
+        rows = _self_instruct_rows(Path(out_dir), include_meta, keys)
+        return rows if keep is None else _filter_rows(Path(out_dir), rows, keys, keep)
+    rows = []
     for number, record in enumerate(read_accepted(out_dir), 1):
+        keys.append((str(record.get("id", "")), None))
         instruction, output = record.get("instruction"), record.get("output")
         task_input = record.get("input")
         task_input = "" if task_input is None else task_input
@@ -125,7 +217,7 @@ def _rows(out_dir: str | os.PathLike[str], include_meta: bool) -> list[dict[str,
                 if key not in row and key not in _DROPPED_META:
                     row[key] = value
         rows.append(row)
-    return rows
+    return rows if keep is None else _filter_rows(Path(out_dir), rows, keys, keep)
 
 
 def _dump(obj: object) -> str:
@@ -481,6 +573,7 @@ def export_dataset(
     dest: str | os.PathLike[str],
     *,
     include_meta: bool = False,
+    keep: JudgeFilter | None = None,
 ) -> int:
     """Write the accepted tasks of ``out_dir`` to ``dest`` in format ``fmt``; return the rows written.
 
@@ -505,8 +598,11 @@ def export_dataset(
     if not to_stdout:
         _check_destination(Path(out_dir), Path(dest), fmt)
     if fmt == "sqlite":
+        if keep is not None:
+            raise ConfigError("the sqlite format holds the whole run; filter by the judge in SQL, or pick another format")
         return _save_sqlite(Path(out_dir), Path(dest))
-    rows = _rows(out_dir, include_meta)
+    # No judgments, or an unknown judge: said before anything is written.
+    rows = _rows(out_dir, include_meta, None if keep is None else (keep, keep.verdicts(Path(out_dir))))
     if fmt == "hf":
         _save_hf(rows, Path(dest))
     elif to_stdout:

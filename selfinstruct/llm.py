@@ -100,6 +100,7 @@ class GenerationRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    response_format: dict[str, Any] | None = None  # structured decoding, for servers that have it
 
 
 @dataclass(frozen=True)
@@ -1134,6 +1135,8 @@ class EndpointPool:
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         if request.api == "chat":
             body["messages"] = request.prompt
             path = "/chat/completions"
@@ -1190,8 +1193,8 @@ class EndpointPool:
                 "check the server, then rerun the same command to resume"
             )
 
-    async def generate(self, request: GenerationRequest) -> Completion | RequestFailed:
-        """Send one request with retries.
+    async def generate(self, request: GenerationRequest, *, attempts: int | None = None) -> Completion | RequestFailed:
+        """Send one request with up to ``attempts`` tries (default ``max_attempts``).
 
         Returns the Completion, or a RequestFailed when the request failed every attempt or got
         an answer retrying cannot fix (400/422, context length): one bad request is not a bad job.
@@ -1207,7 +1210,7 @@ class EndpointPool:
             try:
                 return await self._attempt(request, attempt)
             except _Failure as failure:
-                if not failure.retry or attempt >= self.max_attempts:
+                if not failure.retry or attempt >= (attempts or self.max_attempts):
                     self._check_alive()
                     return RequestFailed(failure.kind, failure.message, failure.endpoint)
             # Exponential back-off with jitter, as _WaitBackoff; a plain loop because tenacity's

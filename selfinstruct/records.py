@@ -18,7 +18,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "AcceptedTask",
     "Candidate",
+    "CHECKS",
     "Counters",
+    "Judgment",
     "RecordError",
     "Rejection",
     "RequestRecord",
@@ -400,6 +402,122 @@ class SelfInstructTask:
             model=_str(data, "model", ""),
             created=_str(data, "created", ""),
             settings=_opt_str(data, "settings"),
+        )
+
+
+CHECKS = ("valid", "input", "output")  # the rubric's three questions, in the order asked
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """One line of ``judgments.jsonl``: one attempt of a judge model at one task.
+
+    ``judge`` is the fingerprint of the judge (model, rubric, prompt version, sampling), so two
+    rubrics never overwrite each other. ``status`` is ``judged`` (``checks`` and ``overall`` set,
+    read from the answer as ``parse`` says, drift coerced as ``coerced`` lists) or ``unjudged``
+    (``error`` says why; ``raw`` keeps the answer): an unjudged attempt never carries a score,
+    and the task is tried again by the next ``selfinstruct judge``. ``instance`` numbers the
+    instance of a self-instruct task (``None`` for Alpaca-style tasks, which have one).
+    """
+
+    task_id: str
+    judge: str
+    status: Literal["judged", "unjudged"]
+    instance: int | None = None
+    checks: tuple[tuple[str, bool], ...] = ()
+    overall: int | None = None
+    reasoning: str = ""
+    parse: str | None = None
+    coerced: tuple[str, ...] = ()
+    error: str | None = None
+    raw: str | None = None
+    model: str = ""
+    endpoint: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency: float | None = None
+    created: str = ""
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (self.task_id, self.instance)
+
+    def passed(self, check: str) -> bool | None:
+        return dict(self.checks).get(check)
+
+    def to_json(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "schema": self.schema,
+                "task_id": self.task_id,
+                "instance": self.instance,
+                "judge": self.judge,
+                "status": self.status,
+                "checks": dict(self.checks) if self.status == "judged" else None,
+                "overall": self.overall,
+                "reasoning": self.reasoning or None,
+                "parse": self.parse,
+                "coerced": list(self.coerced) or None,
+                "error": self.error,
+                "raw": self.raw,
+                "model": self.model,
+                "endpoint": self.endpoint,
+                "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "latency": self.latency,
+                "created": self.created,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: Any) -> Judgment:
+        if not isinstance(data, dict):
+            raise RecordError(f"expected a JSON object, found {type(data).__name__}")
+        status = data.get("status")
+        if status not in ("judged", "unjudged"):
+            raise RecordError(f"field 'status' should be 'judged' or 'unjudged', found {status!r}")
+        instance = data.get("instance")
+        if instance is not None and (isinstance(instance, bool) or not isinstance(instance, int) or instance < 0):
+            raise RecordError(f"field 'instance' should be a whole number or null, found {instance!r}")
+        checks: tuple[tuple[str, bool], ...] = ()
+        overall = data.get("overall")
+        if status == "judged":
+            raw_checks = data.get("checks")
+            if not isinstance(raw_checks, dict) or set(raw_checks) != set(CHECKS) or not all(
+                isinstance(v, bool) for v in raw_checks.values()
+            ):
+                raise RecordError(f"a judged record needs 'checks' with true/false for each of {', '.join(CHECKS)}")
+            checks = tuple((name, raw_checks[name]) for name in CHECKS)
+            if isinstance(overall, bool) or not isinstance(overall, int) or not 1 <= overall <= 5:
+                raise RecordError(f"a judged record needs 'overall' from 1 to 5, found {overall!r}")
+        elif overall is not None:
+            raise RecordError("an unjudged record carries no score")
+        coerced = data.get("coerced") or []
+        if not isinstance(coerced, list) or not all(isinstance(c, str) for c in coerced):
+            raise RecordError("field 'coerced' should be a list of strings")
+        return cls(
+            schema=_schema(data),
+            task_id=_str(data, "task_id"),
+            instance=instance,
+            judge=_str(data, "judge"),
+            status=status,
+            checks=checks,
+            overall=overall,
+            reasoning=_str(data, "reasoning", ""),
+            parse=_opt_str(data, "parse"),
+            coerced=tuple(coerced),
+            error=_opt_str(data, "error"),
+            raw=_opt_str(data, "raw"),
+            model=_str(data, "model", ""),
+            endpoint=_str(data, "endpoint", ""),
+            finish_reason=_opt_str(data, "finish_reason"),
+            prompt_tokens=_int(data, "prompt_tokens", 0),
+            completion_tokens=_int(data, "completion_tokens", 0),
+            latency=_opt_float(data, "latency"),
+            created=_str(data, "created", ""),
         )
 
 

@@ -24,6 +24,11 @@ Layout of the page data (file mode; ``--serve`` sends the same rows page by page
     seeds only the seed tasks some record names as its nearest
     dict  code tables of the repetitive columns (model, endpoint, finish, settings, reason)
     stats the numbers of ``selfinstruct stats`` and the series the Run tab draws
+
+Once the run was judged (``judgments.jsonl``), the current judge's verdicts fill the accepted
+rows' ``score`` (overall 1-5), ``checks`` (bits: 1 valid, 2 input, 4 output) and ``why`` (its
+reasoning); a self-instruct task judged per instance shows its weakest instance. The Run tab
+gets the judge numbers of ``selfinstruct stats``.
 """
 
 from __future__ import annotations
@@ -53,15 +58,19 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from .errors import ConfigError, SelfInstructError, StoreError
-from .records import AcceptedTask, Counters, RecordError, Rejection, RequestRecord, SeedTask
+from .records import CHECKS, AcceptedTask, Counters, Judgment, RecordError, Rejection, RequestRecord, SeedTask
 from .store import (
     ACCEPTED_FILE,
+    JUDGMENTS_FILE,
     REJECTED_FILE,
     REQUESTS_FILE,
+    TASKS_FILE,
     _add_legacy_counters,
     _check_run_dir,
     now_utc,
     read_accepted,
+    read_judges,
+    read_judgments,
     read_rejections,
     read_run,
 )
@@ -94,6 +103,7 @@ _FIRST_CHUNK = 1 << 20  # the step before listening: small, so the first page co
 _BLOCK_ROWS = 65_536  # rows per search block of --serve
 _TIME_BUCKETS = 60
 _SCORE_FIELDS = ("judge_score", "score")  # a later judge's score, when records carry one
+_WHY = 1000  # characters of a judge's reasoning carried per task
 _ACCEPTED_KEYS = (
     "id", "instruction", "input", "output", "most_similar_instruction", "rouge_l", "nearest_id",
     "request", "model", "endpoint", "finish_reason", "created", "settings",
@@ -159,7 +169,14 @@ class RunData:
         self.a_settings: list[int] = []
         self.a_score: list[float | None] = []
         self.a_words: list[tuple[int, int, int]] = []
+        self.a_checks: list[int | None] = []  # the judge's three checks as bits (CHECKS order)
+        self.a_why: list[str | None] = []
         self.has_score = False
+        # judgments: all of them (for the numbers), and the first verdict per task key per judge
+        self.judgments: list[Judgment] = []
+        self.judges: list[dict[str, Any]] = []
+        self.judge_fp: str | None = None  # the judge whose verdicts the rows show
+        self._verdicts: dict[str, dict[str, dict[int | None, Judgment]]] = {}  # judge -> task id -> instance
         self.id_index: dict[str, int] = {}
         self.text_index: dict[str, int] = {}  # for runs written before records carried nearest_id
         # rejected (all of them; the file report samples when it writes)
@@ -196,7 +213,7 @@ class RunData:
         model, endpoint = self.codes["model"].code, self.codes["endpoint"].code
         finish, settings = self.codes["finish"].code, self.codes["settings"].code
         id_index, text_index = self.id_index, self.text_index
-        index = len(self.a_id)
+        index = first = len(self.a_id)
         for task, score in records:  # a million rows go through here: plain appends, no lookups
             self.a_id.append(task.id)
             self.a_instruction.append(task.instruction)
@@ -212,6 +229,8 @@ class RunData:
             self.a_created.append(task.created)
             self.a_settings.append(settings(task.settings))
             self.a_score.append(score)
+            self.a_checks.append(None)
+            self.a_why.append(None)
             if score is not None:
                 self.has_score = True
             self.a_words.append((_words(task.instruction), _words(task.input), _words(task.output)))
@@ -221,6 +240,47 @@ class RunData:
                 text_index[task.instruction] = index
             index += 1
         self.counters.accepted = len(self.a_id)
+        if self.judge_fp is not None:  # verdicts read before their task (--serve reads files in steps)
+            self._show_verdicts(range(first, index))
+
+    def add_judgments(self, records: Iterable[Judgment], judges: list[dict[str, Any]]) -> None:
+        """Add judge attempts; the rows show the current judge's verdicts (see the module docstring)."""
+        from .stats import judge_order
+
+        touched: set[str] = set()
+        for j in records:
+            self.judgments.append(j)
+            if j.status == "judged":
+                mine = self._verdicts.setdefault(j.judge, {}).setdefault(j.task_id, {})
+                if j.instance not in mine:  # the first judged line wins; unjudged ones never score
+                    mine[j.instance] = j
+                    touched.add(j.task_id)
+        self.judges = judges
+        order = judge_order(self.judgments, judges)
+        current = order[0] if order else None
+        if current != self.judge_fp:
+            self.judge_fp = current
+            self._show_verdicts(range(self.n_accepted))
+        elif touched:
+            rows = [self.id_index[t] for t in touched if t in self.id_index]
+            self._show_verdicts(rows)
+
+    def _show_verdicts(self, rows: Iterable[int]) -> None:
+        verdicts = self._verdicts.get(self.judge_fp or "", {})
+        for i in rows:
+            found = verdicts.get(self.a_id[i])
+            if not found:
+                self.a_score[i], self.a_checks[i], self.a_why[i] = None, None, None
+                continue
+            worst = min(found.values(), key=lambda v: (v.overall or 0, v.instance or 0))
+            bits = 0
+            for bit, check in enumerate(CHECKS):
+                if all(v.passed(check) for v in found.values()):
+                    bits |= 1 << bit
+            self.a_score[i] = float(worst.overall or 0)
+            self.a_checks[i] = bits
+            self.a_why[i] = worst.reasoning[:_WHY] if worst.reasoning else None
+            self.has_score = True
 
     def add_rejections(self, records: Iterable[Rejection]) -> None:
         reasons = self.codes["reason"]
@@ -295,6 +355,8 @@ class RunData:
             "created": self.a_created[i],
             "settings": codes["settings"].values[self.a_settings[i]],
             "judge_score": self.a_score[i],
+            "judge_checks": _check_dict(self.a_checks[i]),
+            "judge_reasoning": self.a_why[i],
         }
         return {k: v for k, v in record.items() if v is not None}
 
@@ -336,6 +398,10 @@ class RunData:
         nearest_id = self.a_nearest_id[i] if side == "a" else self.r_nearest_id[i]
         similar = self.a_similar[i] if side == "a" else self.r_similar[i]
         return self.neighbour_json(self.resolve(nearest_id, similar), nearest_id, similar)
+
+
+def _check_dict(bits: int | None) -> dict[str, bool] | None:
+    return None if bits is None else {check: bool(bits >> n & 1) for n, check in enumerate(CHECKS)}
 
 
 def _is_number(value: Any) -> bool:
@@ -382,7 +448,18 @@ def load_run(run_dir: str | os.PathLike[str], seed_tasks: str | os.PathLike[str]
     data.add_requests(read_requests(directory))
     if not data.requests:
         _add_legacy_counters(data.counters, read_run(directory))  # a run made before requests.jsonl
+    if (directory / JUDGMENTS_FILE).exists():
+        data.add_judgments(read_judgments(directory), _judges(directory, []))
     return data
+
+
+def _judges(directory: Path, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """judges.json, or ``fallback`` when it is unreadable (the report still shows the judgments)."""
+    try:
+        return read_judges(directory)
+    except StoreError as exc:
+        log.warning(f"report: {exc}")
+        return fallback
 
 
 def read_requests(run_dir: str | os.PathLike[str]) -> list[RequestRecord]:
@@ -571,7 +648,23 @@ def run_stats(data: RunData) -> dict[str, Any]:
         stats["words"][name] = {"percentiles": _percentiles(column), "histogram": _histogram(column)}
     stats["timeline"] = _timeline(data)
     stats["endpoints"] = _endpoints(data)
+    judge = _judge_numbers(data)
+    if judge is not None:
+        stats["judge"] = judge
     return stats
+
+
+def _judge_numbers(data: RunData) -> dict[str, Any] | None:
+    """The judge section of ``selfinstruct stats``, from the judgments the report has read."""
+    from .stats import judge_section, task_output_words
+
+    if not data.judgments:
+        return None
+    if (data.directory / TASKS_FILE).exists():
+        output_words = task_output_words(data.directory)  # judged per instance: their outputs
+    else:
+        output_words = {(task_id, None): words[2] for task_id, words in zip(data.a_id, data.a_words) if task_id}
+    return judge_section(data.judgments, data.judges, output_words)
 
 
 def _timeline(data: RunData) -> dict[str, Any]:
@@ -733,6 +826,7 @@ def _meta(data: RunData, *, mode: str, included: dict[str, int] | None = None) -
         "by_reason": reasons,
         "included": included if included is not None else reasons,
         "has_score": data.has_score,
+        "judge": data.judge_fp,
         "threshold": None,
     }
 
@@ -796,6 +890,9 @@ def build_page_data(data: RunData, *, max_rejected: int | None = DEFAULT_MAX_REJ
     }
     if data.has_score:
         acc["score"] = data.a_score
+    if data.judge_fp is not None:
+        acc["checks"] = data.a_checks
+        acc["why"] = data.a_why
     rej: dict[str, Any] = {
         "n": take(data.r_n),
         "reason": take(data.r_reason),
@@ -940,6 +1037,7 @@ class _LiveRun:
             "accepted": _Tail(self.directory / ACCEPTED_FILE, _scored_task),
             "rejected": _Tail(self.directory / REJECTED_FILE, Rejection.from_json),
             "requests": _Tail(self.directory / REQUESTS_FILE, RequestRecord.from_json),
+            "judgments": _Tail(self.directory / JUDGMENTS_FILE, Judgment.from_json),
         }
         self.a_text = _TextIndex()
         self.r_text = _TextIndex()
@@ -951,7 +1049,8 @@ class _LiveRun:
         accepted, reset_a = self.tails["accepted"].read(limit)
         rejected, reset_r = self.tails["rejected"].read(limit)
         requests, reset_q = self.tails["requests"].read(limit)
-        if reset_a or reset_r or reset_q:
+        judgments, reset_j = self.tails["judgments"].read(limit)
+        if reset_a or reset_r or reset_q or reset_j:
             log.warning("report: a run file was rewritten (a bad line moved to quarantine?); reading it again")
             with self.lock:
                 self._start()
@@ -966,7 +1065,9 @@ class _LiveRun:
                 self.r_text.extend([_row_text(r.instruction, r.input, r.output) for r in rejected])
             if requests:
                 self.data.add_requests(requests)
-            changed = len(accepted) + len(rejected) + len(requests)
+            if judgments:
+                self.data.add_judgments(judgments, _judges(self.directory, self.data.judges))
+            changed = len(accepted) + len(rejected) + len(requests) + len(judgments)
             if changed:
                 self.version += 1
                 self.arrays = {}
@@ -1147,7 +1248,7 @@ class _Engine:
             iw, xw, ow = d.a_words[i]
             row: dict[str, Any] = {
                 "k": i, "id": d.a_id[i], "ins": d.a_instruction[i][:_SHORT], "iw": iw, "xw": xw, "ow": ow,
-                "r": d.a_rouge[i], "s": d.a_score[i],
+                "r": d.a_rouge[i], "s": d.a_score[i], "c": d.a_checks[i],
             }  # fmt: skip
             if view == "near-accepted":
                 row["other"] = _short_neighbour(d.nearest_of("a", i))

@@ -50,6 +50,7 @@ class RunSummary:
     error: str | None = None
     signal: int | None = None
     self_instruct: tuple[int, int, int] | None = None  # tasks finished, instances, classification tasks
+    judge: dict[str, Any] | None = None  # generate --judge: the judge's totals (as in run.json)
 
     def format(self) -> str:
         c = self.counters
@@ -78,6 +79,12 @@ class RunSummary:
             finished, instances, clf = self.self_instruct
             lines.insert(1, f"  self-instruct: {finished} of {self.accepted} instructions have their decision, "
                             f"{instances} instances, {clf} classification tasks")  # fmt: skip
+        if self.judge is not None:
+            j = self.judge
+            lines.append(
+                f"  judge {j['model']} ({j['fingerprint']}): {j['judged']} judged, {j['unjudged']} unjudged; "
+                f"tokens: prompt {j['prompt_tokens']}, completion {j['completion_tokens']}"
+            )
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -149,6 +156,7 @@ class _Session:
         self.status: Status = "running"
         self.error: str | None = None
         self.added = 0
+        self.judge_stage: Any = None
 
     # -- run.json -----------------------------------------------------------------------------
 
@@ -188,6 +196,7 @@ class _Session:
             },
             "counters": store.counters.to_json(),
             "endpoints": self.pool.stats() if self.pool is not None else previous.get("endpoints", {}),
+            "judge": self.judge_stage.totals() if self.judge_stage is not None else previous.get("judge"),
         }
         store.write_run(data)
 
@@ -205,6 +214,7 @@ class _Session:
             endpoints=self.pool.stats() if self.pool is not None else {},
             session_candidates=self.engine.session_candidates if self.engine is not None else 0,
             error=self.error,
+            judge=self.judge_stage.totals() if self.judge_stage is not None else None,
             self_instruct=(
                 (len(store.tasks), sum(len(t.instances) for t in store.tasks.values()),
                  sum(1 for t in store.tasks.values() if t.is_classification))
@@ -225,6 +235,8 @@ class _Session:
             undecided = cfg.method == "self-instruct" and any(a.id not in store.tasks for a in store.accepted)
             if len(store.accepted) >= cfg.num_instructions and not undecided:
                 # A finished run is finished: no server is contacted, nothing is started.
+                if cfg.judge is not None:
+                    log.info("the run is finished; judge its tasks with `selfinstruct judge %s`", cfg.output_dir)
                 self.status = "done"
                 previous_model = (store.previous_run.get("generation") or {}).get("model")
                 self.model = previous_model if isinstance(previous_model, str) else self.model
@@ -330,9 +342,44 @@ class _Session:
                 progress=progress, save=self.save, texts=texts,
             )  # fmt: skip
             self.save("running")
-            await self.engine.run()
+            if cfg.judge is None:
+                await self.engine.run()
+            else:
+                await self._generate_and_judge(base_urls)
         finally:
+            if self.judge_stage is not None:
+                store.on_commit = None
+                await self.judge_stage.pool.aclose()
             await pool.aclose()
+
+    async def _generate_and_judge(self, base_urls: tuple[str, ...]) -> None:
+        """Generation and its judge side by side: each accepted task is queued for judging at its commit."""
+        from .judging import items_of, open_stage, warn_if_self_judging
+
+        cfg = self.config
+        store = self.store
+        assert store is not None and cfg.judge is not None
+        judge_urls = cfg.judge.base_urls or base_urls
+        stage = self.judge_stage = await open_stage(
+            cfg.judge, store, judge_urls, embedded=not cfg.judge.base_urls and cfg.embedded
+        )
+        warn_if_self_judging(stage.pool.model or "", {self.model})
+        stage.feed(items_of(store.accepted, store.tasks.values(), self_instruct=stage.self_instruct))
+        store.on_commit = stage.feed_records
+        judging = asyncio.create_task(stage.run(), name="judge")
+        generating = asyncio.create_task(self.engine.run(), name="generate")
+        try:
+            while not generating.done():
+                await asyncio.wait({judging, generating}, return_when=asyncio.FIRST_COMPLETED)
+                if judging.done():
+                    judging.result()  # a judge that cannot go on stops the job with its reason
+            generating.result()
+            stage.close()
+            await judging
+        finally:
+            for task in (judging, generating):
+                task.cancel()
+            await asyncio.gather(judging, generating, return_exceptions=True)
 
     def _guard_settings(self, history: list[dict[str, Any]]) -> None:
         cfg = self.config
@@ -398,14 +445,20 @@ def generate(config: RunConfig) -> RunSummary:
     one exits at once). Inside a running event loop (Jupyter) it runs on a thread of its own;
     interrupting the kernel stops it the same way.
     """
+    return drive(run_generation, config)
+
+
+def drive(main: Callable[..., Any], config: Any) -> Any:
+    """Run the async ``main(config, stop=...)`` from blocking code: with signal handling in a plain
+    script, on a thread of its own inside a running event loop (Jupyter)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_main_with_signals(config))
-    return _generate_on_thread(config)
+        return asyncio.run(_main_with_signals(main, config))
+    return _run_on_thread(main, config)
 
 
-async def _main_with_signals(config: RunConfig) -> RunSummary:
+async def _main_with_signals(main: Callable[..., Any], config: Any) -> Any:
     stop = asyncio.Event()
     received: list[int] = []
 
@@ -426,7 +479,7 @@ async def _main_with_signals(config: RunConfig) -> RunSummary:
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     try:
-        summary = await run_generation(config, stop=stop)
+        summary = await main(config, stop=stop)
         summary.signal = received[0] if received else None
         return summary
     finally:
@@ -434,7 +487,7 @@ async def _main_with_signals(config: RunConfig) -> RunSummary:
             loop.remove_signal_handler(sig)
 
 
-def _generate_on_thread(config: RunConfig) -> RunSummary:
+def _run_on_thread(run: Callable[..., Any], config: Any) -> Any:
     result: dict[str, Any] = {}
     ready = threading.Event()
 
@@ -442,7 +495,7 @@ def _generate_on_thread(config: RunConfig) -> RunSummary:
         result["loop"] = asyncio.get_running_loop()
         result["stop"] = asyncio.Event()
         ready.set()
-        result["summary"] = await run_generation(config, stop=result["stop"])
+        result["summary"] = await run(config, stop=result["stop"])
 
     def target() -> None:
         try:

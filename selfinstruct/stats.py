@@ -16,20 +16,36 @@ import re
 import string
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, SelfInstructError, StoreError
-from .store import read_accepted, read_rejections, read_run, scan_counters
+from .records import CHECKS, Judgment
+from .store import (
+    JUDGMENTS_FILE,
+    read_accepted,
+    read_judges,
+    read_judgments,
+    read_rejections,
+    read_run,
+    scan_counters,
+)
 
 __all__ = [
     "DEFAULT_ROUGE_THRESHOLD",
     "ROUGE_BINS",
     "compute_stats",
+    "correlation",
+    "first_verdicts",
     "format_stats",
+    "judge_order",
+    "judge_section",
+    "judge_summary",
     "plot_stats",
+    "task_output_words",
 ]
 
 DEFAULT_ROUGE_THRESHOLD = 0.7
@@ -125,7 +141,9 @@ def compute_stats(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     ``rejected_by_reason``), ``with_input``/``without_input``, ``words`` (percentiles of
     instruction/input/output word counts; input only over tasks that have one), ``rouge_l``
     (histogram of accepted tasks' similarity to their nearest earlier task), ``leading_words``
-    and ``leading_bigrams``, ``tokens``, ``elapsed_seconds`` and ``tasks_per_minute``.
+    and ``leading_bigrams``, ``tokens``, ``elapsed_seconds`` and ``tasks_per_minute``;
+    ``self_instruct`` for a self-instruct run and ``judge`` once it was judged (see
+    :func:`judge_section`: ``current`` fingerprint and one :func:`judge_summary` per judge).
     The result is plain JSON-compatible data.
     """
     return _compute(Path(out_dir))[0]
@@ -217,6 +235,9 @@ def _compute(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]], lis
     si = _self_instruct_stats(directory, run, rejected_records)
     if si is not None:
         stats["self_instruct"] = si
+    judge = _judge_stats(directory, accepted)
+    if judge is not None:
+        stats["judge"] = judge
     return stats, accepted, rejected_records
 
 
@@ -272,6 +293,172 @@ def _seed_rouge(run: dict[str, Any], instructions: list[str]) -> list[float]:
     index = RougeLIndex(tokenizer=tokenizer if tokenizer in ("rouge", "unicode") else "rouge")
     index.extend(t.instruction for t in seeds)
     return [index.nearest(text)[0] for text in instructions]
+
+
+# ---------------------------------------------------------------- judge
+
+
+SCORE_LEVELS = (1, 2, 3, 4, 5)
+
+
+def first_verdicts(judgments: Iterable[Judgment], fingerprint: str) -> dict[tuple[str, int | None], Judgment]:
+    """The judged record of each task under one judge: the first "judged" line wins.
+
+    Unjudged attempts are never a verdict, whatever comes after them.
+    """
+    verdicts: dict[tuple[str, int | None], Judgment] = {}
+    for j in judgments:
+        if j.judge == fingerprint and j.status == "judged" and j.key not in verdicts:
+            verdicts[j.key] = j
+    return verdicts
+
+
+def judge_order(judgments: Sequence[Judgment], judges: Sequence[dict[str, Any]]) -> list[str]:
+    """Fingerprints that have judgments, the current judge first.
+
+    The current judge is the last one registered in judges.json that has any judgment (the last
+    one seen in judgments.jsonl when judges.json does not name it); the others follow, newest first.
+    """
+    seen: dict[str, int] = {}
+    for n, j in enumerate(judgments):
+        seen[j.judge] = n  # last appearance
+    registered = [h["fingerprint"] for h in judges if h.get("fingerprint") in seen]
+    unregistered = sorted((fp for fp in seen if fp not in registered), key=lambda fp: -seen[fp])
+    # Registered judges in registration order are oldest first; newest first reads better.
+    return registered[::-1] + unregistered
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given the mean of the ranks they span (as Spearman's rho needs)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(len(values), dtype=float)
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    if denominator == 0:
+        return None  # one side is constant: no correlation to speak of
+    return float((dx * dy).sum()) / denominator
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any]:
+    """Pearson and Spearman correlation of two equal-length series; None below 3 points or without spread."""
+    n = len(xs)
+    result: dict[str, Any] = {"n": n, "pearson": None, "spearman": None}
+    if n < 3:
+        return result
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    result["pearson"] = _pearson(x, y)
+    result["spearman"] = _pearson(_ranks(x), _ranks(y))
+    return result
+
+
+def judge_summary(
+    fingerprint: str,
+    judgments: Sequence[Judgment],
+    output_words: Mapping[tuple[str, int | None], int],
+    registered: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The numbers of one judge over a run's tasks (``output_words``: each task key's output length)."""
+    mine = [j for j in judgments if j.judge == fingerprint]
+    verdicts = first_verdicts(mine, fingerprint)
+    tried = {j.key for j in mine}
+    tasks = set(output_words)
+    judged = [v for k, v in verdicts.items() if k in tasks]
+    unjudged = len((tried - set(verdicts)) & tasks)
+    attempts = len(mine)
+    failed_attempts = sum(1 for j in mine if j.status == "unjudged")
+    settings = (registered or {}).get("settings") or {}
+    model = settings.get("model") or next((j.model for j in mine if j.model), None)
+    scores = Counter(v.overall for v in judged)
+    n = len(judged)
+    prompt = sum(j.prompt_tokens for j in mine)
+    completion = sum(j.completion_tokens for j in mine)
+    pass_rates = {c: sum(1 for v in judged if v.passed(c)) / n if n else None for c in CHECKS}
+    all_pass = sum(1 for v in judged if all(v.passed(c) for c in CHECKS)) / n if n else None
+    # Error texts can quote the answer: cut them so the commonest ones group and print on a line.
+    errors = Counter((j.error or "unknown")[:60] for j in mine if j.status == "unjudged")
+    return {
+        "fingerprint": fingerprint,
+        "model": model,
+        "rubric": settings.get("rubric"),
+        "prompt_version": settings.get("prompt_version"),
+        "temperature": _number(settings.get("temperature")),
+        "since": (registered or {}).get("since"),
+        "tasks": len(tasks),
+        "judged": n,
+        "unjudged": unjudged,
+        "not_tried": len(tasks - tried),
+        # Judgments of keys the run does not have (a task file rewritten since): counted apart.
+        "unknown_tasks": len({j.key for j in mine} - tasks),
+        "attempts": attempts,
+        "unjudged_attempts": failed_attempts,
+        "parse_failure_rate": failed_attempts / attempts if attempts else None,
+        "unjudged_reasons": dict(_top(errors, n=5)),
+        "parse": dict(_top(Counter(v.parse or "unknown" for v in judged), n=10)),
+        "coerced": sum(1 for v in judged if v.coerced),
+        "scores": {str(level): scores.get(level, 0) for level in SCORE_LEVELS},
+        "mean_overall": sum(v.overall or 0 for v in judged) / n if n else None,
+        "pass_rates": pass_rates,
+        "all_pass_rate": all_pass,
+        "tokens": {
+            "prompt": prompt,
+            "completion": completion,
+            "total": prompt + completion,
+            "per_judged": (prompt + completion) / n if n else None,
+        },
+        "length_bias": correlation(
+            [float(v.overall or 0) for v in judged], [float(output_words[v.key]) for v in judged]
+        ),
+    }
+
+
+def judge_section(
+    judgments: Sequence[Judgment],
+    judges: Sequence[dict[str, Any]],
+    output_words: Mapping[tuple[str, int | None], int],
+) -> dict[str, Any] | None:
+    """Every judge with judgments, current first (None when the run was never judged)."""
+    order = judge_order(judgments, judges)
+    if not order:
+        return None
+    by_fp = {h["fingerprint"]: h for h in judges}
+    return {
+        "current": order[0],
+        "judges": [judge_summary(fp, judgments, output_words, by_fp.get(fp)) for fp in order],
+    }
+
+
+def task_output_words(directory: Path, accepted: list[dict[str, Any]] | None = None) -> dict[tuple[str, int | None], int]:
+    """Output length in words of every judgeable task key of a run.
+
+    A self-instruct run (``tasks.jsonl``) is judged per instance, an Alpaca run per task.
+    """
+    from .store import TASKS_FILE, read_self_instruct_tasks
+
+    if (directory / TASKS_FILE).exists():
+        return {(t.id, i): _words(o) for t in read_self_instruct_tasks(directory) for i, (_, o) in enumerate(t.instances)}
+    records = accepted if accepted is not None else read_accepted(directory)
+    return {(r["id"], None): _words(r.get("output")) for r in records if isinstance(r.get("id"), str)}
+
+
+def _judge_stats(directory: Path, accepted: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not (directory / JUDGMENTS_FILE).exists():
+        return None
+    judgments = read_judgments(directory)
+    if not judgments:
+        return None
+    return judge_section(judgments, read_judges(directory), task_output_words(directory, accepted))
 
 
 # ---------------------------------------------------------------- text report
@@ -438,7 +625,76 @@ def format_stats(stats: dict[str, Any]) -> str:
             ],
             align="lr",
         )
+    if stats.get("judge"):
+        lines += _format_judge(stats["judge"], stats["out_dir"])
     return "\n".join(lines) + "\n"
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _fmt_corr(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _format_judge(section: dict[str, Any], out_dir: str) -> list[str]:
+    lines: list[str] = []
+    for summary in section["judges"]:
+        current = summary["fingerprint"] == section["current"]
+        what = ", ".join(
+            f"{k.replace('_', ' ')} {summary[k]}" for k in ("model", "rubric", "prompt_version") if summary.get(k)
+        )
+        lines += ["", f"Judge {summary['fingerprint']}" + (f" ({what})" if what else "") + (" - current" if current else "")]
+        tasks = summary["tasks"]
+        attempts = f"{summary['attempts']:,}"
+        if summary["unjudged_attempts"]:
+            attempts += f" ({summary['unjudged_attempts']:,} unreadable: {_fmt_rate(summary['parse_failure_rate'])})"
+        rows = [
+            ["tasks", _fmt_int(tasks)],
+            ["judged", f"{summary['judged']:,} ({_fmt_pct(summary['judged'], tasks)})"],
+            ["unjudged", _fmt_int(summary["unjudged"])],
+            ["not tried", _fmt_int(summary["not_tried"])],
+            ["attempts", attempts],
+        ]
+        if summary["unknown_tasks"]:
+            rows.append(["not in the run", _fmt_int(summary["unknown_tasks"])])
+        lines += _table(rows, indent=2, align="l")
+        if summary["judged"]:
+            lines.append(f"  Overall score (mean {_fmt_num(summary['mean_overall'], 2)})")
+            counts = summary["scores"]
+            largest = max(counts.values())
+            lines += _table(
+                [[level, _fmt_int(c), _fmt_pct(c, summary["judged"]), _bar(c, largest)] for level, c in counts.items()],
+                indent=4,
+                align="lrrl",
+            )
+            lines.append("  Pass rates")
+            rates = [[check, _fmt_rate(rate)] for check, rate in summary["pass_rates"].items()]
+            rates.append(["all three", _fmt_rate(summary["all_pass_rate"])])
+            lines += _table(rates, indent=4, align="lr")
+            parse = ", ".join(f"{k} {v:,}" for k, v in summary["parse"].items())
+            lines.append(f"  read as: {parse}; drift coerced in {summary['coerced']:,}")
+            bias = summary["length_bias"]
+            if bias["pearson"] is None and bias["spearman"] is None:
+                lines.append("  score vs output words: - (needs 3 judged tasks with differing scores and lengths)")
+            else:
+                lines.append(
+                    f"  score vs output words: Pearson {_fmt_corr(bias['pearson'])}, "
+                    f"Spearman {_fmt_corr(bias['spearman'])} (n={bias['n']:,}; near 0 is no length bias)"
+                )
+        tokens = summary["tokens"]
+        lines.append(
+            f"  judge tokens: prompt {tokens['prompt']:,}, completion {tokens['completion']:,}, "
+            f"per judged task {_fmt_num(tokens['per_judged'])}"
+        )
+        if summary["unjudged"]:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in summary["unjudged_reasons"].items())
+            lines.append(
+                f"  {summary['unjudged']:,} unjudged: run `selfinstruct judge {out_dir}` again to retry them"
+                + (f" (unreadable answers: {reasons})" if reasons else "")
+            )
+    return lines
 
 
 # ---------------------------------------------------------------- charts
@@ -578,7 +834,9 @@ def _check_chart_dir(dest: Path) -> None:
 
 
 def plot_stats(out_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]) -> list[Path]:
-    """Draw four PNG charts of a run into ``dest_dir`` (created if missing); return their paths.
+    """Draw four PNG charts of a run (five once it was judged) into ``dest_dir``; return their paths.
+
+    ``dest_dir`` is created if missing.
 
     Uses matplotlib's ``Figure`` with the Agg renderer directly, not pyplot, so it changes no
     global backend state and needs no display. Text in Chinese, Japanese or Korean is drawn with
@@ -697,5 +955,30 @@ def _draw(
     reasons = list(stats["rejected_by_reason"].items())
     bar_chart(reasons, "#dd8452", f"Rejected candidates by reason ({stats['rejected']:,} in all)",
               "candidates", "reason", "no rejected candidates", "rejection_reasons.png")  # fmt: skip
+
+    # 5. judge scores (only once the run was judged): the current judge's overall score per level
+    judge = stats.get("judge")
+    if judge:
+        summary = judge["judges"][0]
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.subplots()
+        levels = [int(level) for level in summary["scores"]]
+        counts = list(summary["scores"].values())
+        if summary["judged"]:
+            ax.bar(levels, counts, color="#8172b3", edgecolor="white")
+            for level, count in zip(levels, counts):
+                ax.annotate(f"{count:,}", (level, count), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+            ax.set_xticks(levels)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.margins(y=0.12)
+        else:
+            _no_data(ax, "no task judged yet")
+        title = f"Judge overall score ({summary['judged']:,} judged"
+        if summary["unjudged"]:
+            title += f", {summary['unjudged']:,} unjudged"
+        ax.set_title(title + f", mean {_fmt_num(summary['mean_overall'], 2)})")
+        ax.set_xlabel(f"overall score ({summary['model'] or summary['fingerprint']})")
+        ax.set_ylabel("tasks")
+        save(fig, "judge_scores.png")
 
     return paths

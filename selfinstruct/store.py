@@ -6,6 +6,8 @@ Layout of ``DIR``::
     rejected.jsonl       rejected candidates (and unparseable answers), with ``reason``
     requests.jsonl       one line per request answered or given up on: tokens, failures
     settings.json        the generation settings of the run (and of each change allowed later)
+    judgments.jsonl      what a judge model said of each task, keyed by task id and judge fingerprint
+    judges.json          the settings behind each judge fingerprint (model, rubric, sampling)
     run.json             status, counters and a checkpoint; rebuilt from the files when lost
     *.quarantine         unreadable lines moved out of a file, byte for byte
     .lock                held with flock while a ``generate`` runs
@@ -33,7 +35,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +46,7 @@ from .records import (
     SCHEMA_VERSION,
     AcceptedTask,
     Counters,
+    Judgment,
     RecordError,
     Rejection,
     RequestRecord,
@@ -55,11 +58,15 @@ __all__ = [
     "REJECTED_FILE",
     "REQUESTS_FILE",
     "TASKS_FILE",
+    "JUDGMENTS_FILE",
+    "JUDGES_FILE",
     "RUN_FILE",
     "SETTINGS_FILE",
     "RunStore",
     "read_accepted",
     "read_accepted_records",
+    "read_judges",
+    "read_judgments",
     "read_run",
     "scan_counters",
     "settings_fingerprint",
@@ -69,6 +76,8 @@ ACCEPTED_FILE = "instructions.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 REQUESTS_FILE = "requests.jsonl"
 TASKS_FILE = "tasks.jsonl"  # --method self-instruct: finished tasks with their instances
+JUDGMENTS_FILE = "judgments.jsonl"  # selfinstruct judge: one line per attempt at a task
+JUDGES_FILE = "judges.json"
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = ".lock"
@@ -358,6 +367,31 @@ def read_self_instruct_tasks(out_dir: str | os.PathLike[str]) -> list[SelfInstru
     return _read_run_file(out_dir, TASKS_FILE, SelfInstructTask.from_json)
 
 
+def read_judgments(out_dir: str | os.PathLike[str]) -> list[Judgment]:
+    """Every judge attempt of a run, in order (empty when it was never judged)."""
+    return _read_run_file(out_dir, JUDGMENTS_FILE, Judgment.from_json)
+
+
+def read_judges(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The judges a run was judged with, oldest first: ``{fingerprint, since, settings}``."""
+    return _read_history(Path(out_dir) / JUDGES_FILE, "judges")
+
+
+def _read_history(path: Path, key: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        history = data[key]
+        if isinstance(history, list) and all(isinstance(h, dict) and "fingerprint" in h for h in history):
+            return history
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        pass
+    except OSError as exc:
+        raise os_error(exc, path, "read") from exc
+    raise StoreError(f"{path} is unreadable; move it aside and judge again (the judgments themselves are kept)")
+
+
 def read_rejections(out_dir: str | os.PathLike[str]) -> list[Rejection]:
     """The rejected candidates of a run, in order."""
     return _read_run_file(out_dir, REJECTED_FILE, Rejection.from_json)
@@ -434,6 +468,7 @@ class RunStore:
         self.dir = Path(out_dir)
         self.accepted: list[AcceptedTask] = []
         self.tasks: dict[str, SelfInstructTask] = {}  # self-instruct: finished tasks by id
+        self.judgments: list[Judgment] = []
         self.counters = Counters()
         self.notices: list[str] = []  # repairs made while opening, for the user to read
         self.next_request = 0
@@ -443,6 +478,8 @@ class RunStore:
         self._files: dict[str, Any] = {}  # raw (unbuffered) append handles
         self._lines: dict[str, int] = {}
         self._write_failed: StoreError | None = None  # lines in the two files not kept in memory, for the checkpoint
+        # Called after each commit with its accepted tasks and finished tasks (generate --judge feeds on it).
+        self.on_commit: Callable[[Sequence[AcceptedTask], Sequence[SelfInstructTask]], None] | None = None
 
     def __enter__(self) -> RunStore:
         self.open()
@@ -479,13 +516,16 @@ class RunStore:
         for stale in (*self.dir.glob(".run-*.json"), *self.dir.glob(".settings-*.json")):
             stale.unlink(missing_ok=True)  # a crash while replacing a JSON file leaves its temp file
         self.previous_run = self._read_previous_run()
-        for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE, TASKS_FILE):
+        for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE, TASKS_FILE, JUDGMENTS_FILE):
             _repair_tail(self.path(name), self.notices)
         self.accepted = _read_records(
             self.path(ACCEPTED_FILE), AcceptedTask.from_json, repair=True, notices=self.notices
         )
         for task in _read_records(self.path(TASKS_FILE), SelfInstructTask.from_json, repair=True, notices=self.notices):
             self.tasks[task.id] = task
+        self.judgments = _read_records(
+            self.path(JUDGMENTS_FILE), Judgment.from_json, repair=True, notices=self.notices
+        )
         tally = self._tally_from_checkpoint() or self._tally_from_scratch()
         self.counters = tally.counters
         self.counters.accepted = len(self.accepted)
@@ -648,6 +688,7 @@ class RunStore:
         accepted: list[AcceptedTask] | tuple[AcceptedTask, ...] = (),
         rejected: list[Rejection] | tuple[Rejection, ...] = (),
         tasks: list[SelfInstructTask] | tuple[SelfInstructTask, ...] = (),
+        judgments: list[Judgment] | tuple[Judgment, ...] = (),
     ) -> None:
         """Append one request's records, request line first, and flush them.
 
@@ -667,6 +708,8 @@ class RunStore:
             writes.append((ACCEPTED_FILE, list(accepted), lambda: self.accepted.extend(accepted)))
         if tasks:
             writes.append((TASKS_FILE, list(tasks), lambda: self.tasks.update((t.id, t) for t in tasks)))
+        if judgments:
+            writes.append((JUDGMENTS_FILE, list(judgments), lambda: self.judgments.extend(judgments)))
         for name, records, count in writes:
             data = memoryview(b"".join(_dumps(r.to_json()) for r in records))
             try:
@@ -684,6 +727,8 @@ class RunStore:
             count()
             self._lines[name] = self._lines.get(name, 0) + len(records)
         self.counters.accepted = len(self.accepted)
+        if self.on_commit is not None and (accepted or tasks):
+            self.on_commit(accepted, tasks)
 
     def sync(self) -> None:
         """Push the files to stable storage (survives power loss, not only a crash)."""
@@ -749,6 +794,23 @@ class RunStore:
             _write_json_atomically(self.path(SETTINGS_FILE), {"schema": SCHEMA_VERSION, "history": history})
         except OSError as exc:
             raise os_error(exc, self.path(SETTINGS_FILE), "write") from exc
+        return fingerprint
+
+    def judges(self) -> list[dict[str, Any]]:
+        """Every judge this run was judged with, oldest first."""
+        return _read_history(self.path(JUDGES_FILE), "judges")
+
+    def record_judge(self, settings: dict[str, Any]) -> str:
+        """Register a judge's settings under their fingerprint (once); return the fingerprint."""
+        fingerprint = settings_fingerprint(settings)
+        history = self.judges()
+        if any(h["fingerprint"] == fingerprint for h in history):
+            return fingerprint
+        history.append({"fingerprint": fingerprint, "since": now_utc(), "settings": settings})
+        try:
+            _write_json_atomically(self.path(JUDGES_FILE), {"schema": SCHEMA_VERSION, "judges": history})
+        except OSError as exc:
+            raise os_error(exc, self.path(JUDGES_FILE), "write") from exc
         return fingerprint
 
     def fingerprints_on_disk(self) -> set[str]:

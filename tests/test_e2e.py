@@ -157,3 +157,33 @@ def test_self_instruct_run_finishes_on_the_embedded_model(tmp_path: Path) -> Non
         assert len(task["instances"]) <= 3
     stages = {json.loads(line).get("stage") for line in (out / "requests.jsonl").read_text().splitlines()}
     assert {"instruction", "classification", "instances"} <= stages
+
+
+def test_generate_with_judge_on_the_embedded_model(tmp_path: Path) -> None:
+    """The judge stage's plumbing on a real model: one llama.cpp server both writes and reviews."""
+    out = tmp_path / "run"
+    result = run_cli("generate", "-o", str(out), "-n", "3", "--seed", "1", "--judge", *FAST, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "the judge (SmolLM2" in result.stderr  # the writer judging itself is called out
+    tasks = {json.loads(line)["id"] for line in (out / "instructions.jsonl").read_text().splitlines()}
+    records = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert {r["task_id"] for r in records} == tasks  # every task had its attempt
+    judged = [r for r in records if r["status"] == "judged"]
+    for r in records:
+        if r["status"] == "judged":
+            assert 1 <= r["overall"] <= 5 and set(r["checks"]) == {"valid", "input", "output"}
+        else:
+            assert "overall" not in r and "checks" not in r and r["error"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["judge"]["judged"] == len({r["task_id"] for r in judged})
+    assert run["judge"]["completion_tokens"] == sum(r["completion_tokens"] for r in records)
+    # Nothing left to judge: the standalone command sends nothing and writes nothing.
+    again = run_cli("judge", str(out), "-q", timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert len((out / "judgments.jsonl").read_text().splitlines()) == len(records)
+    dest = tmp_path / "judged.json"
+    exported = run_cli("export", str(out), "-o", str(dest), "--min-overall", "1")
+    assert exported.returncode == 0, exported.stderr
+    assert len(json.loads(dest.read_text())) == len({r["task_id"] for r in judged})
+    stats = json.loads(run_cli("stats", str(out), "--json").stdout)
+    assert stats["judge"]["judges"][0]["judged"] == len({r["task_id"] for r in judged})

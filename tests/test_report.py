@@ -493,3 +493,49 @@ def test_odd_numbers_on_disk_do_not_break_the_page(tmp_path: Path) -> None:
     data = _data_block((tmp_path / "r.html").read_text())
     assert data["acc"]["rouge"] == [0.0, 0.0] and data["acc"]["score"] == [None, 4.5] and data["rej"]["rouge"] == [None]
     assert data["meta"]["has_score"] is True
+
+
+def test_a_judged_run_shows_the_judge_scores(run_dir: Path, tmp_path: Path) -> None:
+    from selfinstruct.records import Judgment
+
+    def verdict(task: int, overall: int | None, judge: str = "f" * 16, output: bool = True) -> dict[str, Any]:
+        if overall is None:
+            return Judgment(task_id=f"task-{task:06d}", judge=judge, status="unjudged", error="no JSON").to_json()
+        checks = (("valid", True), ("input", True), ("output", output))
+        return Judgment(task_id=f"task-{task:06d}", judge=judge, status="judged", checks=checks, overall=overall,
+                        reasoning=f"why {task}", parse="json").to_json()  # fmt: skip
+
+    # task 0: 5; task 1: 2 with a failed output check; task 2: unjudged only; task 3: an older judge's 1 only.
+    lines = [verdict(0, 5), verdict(1, 2, output=False), verdict(2, None), verdict(3, 1, judge="0" * 16)]
+    (run_dir / "judgments.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    judges = [{"fingerprint": fp, "since": "t", "settings": {"model": "jm"}} for fp in ("0" * 16, "f" * 16)]
+    (run_dir / "judges.json").write_text(json.dumps({"schema": 2, "judges": judges}))
+
+    write_report(run_dir, tmp_path / "r.html")
+    data = _data_block((tmp_path / "r.html").read_text())
+    acc = data["acc"]
+    assert data["meta"]["has_score"] is True and data["meta"]["judge"] == "f" * 16
+    assert acc["score"] == [5.0, 2.0, None, None, None, None]  # the current judge's only; unjudged shows none
+    assert acc["checks"] == [7, 3, None, None, None, None]  # bits: 1 valid, 2 input, 4 output
+    assert acc["why"][:2] == ["why 0", "why 1"]
+    judge = data["stats"]["judge"]
+    assert judge["current"] == "f" * 16 and [j["fingerprint"] for j in judge["judges"]] == ["f" * 16, "0" * 16]
+    current = judge["judges"][0]
+    assert (current["judged"], current["unjudged"], current["not_tried"]) == (2, 1, 3)
+    assert current["scores"]["5"] == 1 and current["pass_rates"]["output"] == 0.5
+    assert judge == compute_stats(run_dir)["judge"]  # the Run tab shows what `selfinstruct stats` says
+
+    # --serve: the rows carry the score and checks, the record the reasoning, and the list sorts by score.
+    with ReportServer(run_dir, port=0).start(follow=False) as srv:
+        srv.refresh()
+        rows = _get(srv, "/api/list?view=accepted&sort=score&desc=1&offset=0&limit=3")["rows"]
+        assert [(r["id"], r["s"], r["c"]) for r in rows] == [("task-000000", 5.0, 7), ("task-000001", 2.0, 3), ("task-000002", None, None)]
+        record = _get(srv, "/api/record?kind=a&key=1")["record"]
+        assert record["judge_checks"] == {"valid": True, "input": True, "output": False}
+        assert record["judge_reasoning"] == "why 1" and record["judge_score"] == 2.0
+        assert _get(srv, "/api/stats")["judge"]["current"] == "f" * 16
+        # A verdict written while the report is served shows up on the next read.
+        with (run_dir / "judgments.jsonl").open("a") as fh:
+            fh.write(json.dumps(verdict(2, 4)) + "\n")
+        srv.refresh()
+        assert _get(srv, "/api/record?kind=a&key=2")["record"]["judge_score"] == 4.0

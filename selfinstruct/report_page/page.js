@@ -45,6 +45,10 @@
   const fmt3 = (v) => (v == null || Number.isNaN(v) ? '–' : Number(v).toFixed(3));
   const pct = (v) => (v == null || Number.isNaN(v) ? '–' : (100 * v).toFixed(1) + '%');
   const hashRef = (ref) => '#' + encodeURIComponent(ref);
+  // The judge's three checks: bits 1 valid, 2 input, 4 output (null: not judged).
+  const CHECK_NAMES = ['valid', 'input', 'output'];
+  const checkMarks = (bits) => (bits == null ? '' : CHECK_NAMES.map((_, n) => ((bits >> n) & 1 ? '✓' : '✗')).join(''));
+  const checkWords = (bits) => (bits == null ? '' : CHECK_NAMES.map((c, n) => c + ((bits >> n) & 1 ? ' ✓' : ' ✗')).join(' · '));
   function debounce(fn, ms) {
     let t = 0;
     return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); };
@@ -280,7 +284,7 @@
       if (i == null) return undefined;
       if (view === 'accepted' || view === 'near-accepted') {
         const A = this.A;
-        const r = { k: i, id: A.id[i], ins: A.instruction[i], iw: A.iw[i], xw: A.xw[i], ow: A.ow[i], r: A.rouge[i], s: A.score ? A.score[i] : null };
+        const r = { k: i, id: A.id[i], ins: A.instruction[i], iw: A.iw[i], xw: A.xw[i], ow: A.ow[i], r: A.rouge[i], s: A.score ? A.score[i] : null, c: A.checks ? A.checks[i] : null };
         if (view === 'near-accepted') r.other = this.neighbour('a', i);
         return r;
       }
@@ -300,6 +304,8 @@
         request: A.request[i], model: D.model[A.model[i]], endpoint: D.endpoint[A.endpoint[i]],
         finish_reason: D.finish[A.finish[i]], created: A.created[i], settings: D.settings[A.settings[i]],
         judge_score: A.score ? A.score[i] : null,
+        judge_checks: A.checks && A.checks[i] != null ? Object.fromEntries(CHECK_NAMES.map((c, n) => [c, !!((A.checks[i] >> n) & 1)])) : null,
+        judge_reasoning: A.why ? A.why[i] : null,
       });
     }
     rejectedJson(i) {
@@ -662,6 +668,13 @@
           nb ? h('a', { href: hashRef('pair-' + rec.ref), text: 'compare side by side' }) : null),
         nb && nb.instruction ? h('pre', { class: 'text', text: nb.instruction }) : null));
     }
+    if (r.judge_checks) {
+      const bits = CHECK_NAMES.reduce((b, c, n) => b | (r.judge_checks[c] ? 1 << n : 0), 0);
+      kids.push(h('div', { class: 'sec judge' }, h('h4', { text: 'Judge' }),
+        h('div', { class: 'dhead' }, h('span', { class: 'score' + (r.judge_score != null && r.judge_score < 4 ? ' over' : ''), text: 'overall ' + fmt(r.judge_score) + ' / 5' }),
+          h('span', { class: 'checks', text: checkWords(bits) })),
+        r.judge_reasoning ? h('pre', { class: 'text', text: r.judge_reasoning }) : null));
+    }
     const w = rec.words || [];
     kids.push(h('div', { class: 'sec' }, h('h4', { text: 'Provenance' }), prov([
       ['request', r.request], ['model', r.model], ['endpoint', r.endpoint], ['finish reason', r.finish_reason],
@@ -710,6 +723,8 @@
 
   // -- Accepted
   const hasScore = () => !!src.meta.has_score;
+  // Not "score": that class is the big number of the record view.
+  const scoreCols = () => (hasScore() ? ' scored' + (src.meta.judge ? ' judged' : '') : '');
   const acceptedView = makeListTab('accepted', {
     placeholder: 'Search instruction, input and output ("a phrase" works)',
     emptyDetail: 'Pick a task on the left (↑/↓ move through the list).',
@@ -721,19 +736,25 @@
       ['iw:desc', 'Instruction: longest first'], ['iw:asc', 'Instruction: shortest first'],
       ['rouge:desc', 'Nearest ROUGE-L: highest first'], ['rouge:asc', 'Nearest ROUGE-L: lowest first'],
     ].concat(hasScore() ? [['score:desc', 'Judge score: highest first'], ['score:asc', 'Judge score: lowest first']] : []),
-    head: () => h('div', { class: 'listhead cols-acc' + (hasScore() ? ' score' : '') }, h('span'), h('span', { text: 'Task' }), h('span', { text: 'Instruction' }),
-      h('span', { class: 'num', text: 'Words i/o' }), h('span', { class: 'num', text: 'ROUGE-L' }), hasScore() ? h('span', { class: 'num', text: 'Score' }) : null),
-    build: () => h('div', { class: 'row cols-acc' + (hasScore() ? ' score' : ''), role: 'option' },
+    head: () => h('div', { class: 'listhead cols-acc' + scoreCols() }, h('span'), h('span', { text: 'Task' }), h('span', { text: 'Instruction' }),
+      h('span', { class: 'num', text: 'Words i/o' }), h('span', { class: 'num', text: 'ROUGE-L' }),
+      hasScore() ? h('span', { class: 'num', text: 'Score', title: src.meta.judge ? 'Judge: overall score 1-5, then valid / input / output' : null }) : null),
+    build: () => h('div', { class: 'row cols-acc' + scoreCols(), role: 'option' },
       h('span', { class: 'flag' }), h('span', { class: 'id' }), h('span'), h('span', { class: 'num muted' }), h('span', { class: 'num' }), hasScore() ? h('span', { class: 'num' }) : null),
     fill: (row, it) => {
       const c = row.children;
-      if (!it) { c[2].textContent = '…'; c[0].textContent = c[1].textContent = c[3].textContent = c[4].textContent = ''; return; }
+      if (!it) { c[2].textContent = '…'; c[0].textContent = c[1].textContent = c[3].textContent = c[4].textContent = ''; if (c[5]) c[5].textContent = ''; return; }
       c[0].textContent = src.flags.has(it.id || 'a' + it.k) ? '⚑' : '';
       c[1].textContent = it.id;
       c[2].textContent = it.ins;
       c[3].textContent = it.iw + ' / ' + it.ow;
       c[4].textContent = fmt3(it.r);
-      if (c[5]) c[5].textContent = it.s == null ? '–' : fmt3(it.s);
+      if (c[5]) {
+        // A judge's overall score is whole (1-5); other scores keep three decimals.
+        const score = it.s == null ? '–' : Number.isInteger(it.s) ? String(it.s) : fmt3(it.s);
+        c[5].textContent = it.c == null ? score : score + ' ' + checkMarks(it.c);
+        c[5].title = it.c == null ? '' : checkWords(it.c);
+      }
     },
     pick: (it, pane) => openRecord('a', it.k, pane, false, () => acceptedView.vlist.render()),
   });
@@ -931,6 +952,35 @@
     return (sec / 3600).toFixed(1) + ' h';
   }
 
+  // The judge's numbers (selfinstruct stats): the current judge in full, earlier judges in a table.
+  function judgeCards(jd) {
+    const cur = jd.judges[0];
+    const corr = (v) => (v == null ? '–' : (v >= 0 ? '+' : '') + v.toFixed(2));
+    const tile = (label, value, small) => h('div', { class: 'tile' + (small ? ' txt' : '') }, h('b', { text: value, title: value }), h('span', { text: label }));
+    const lb = cur.length_bias;
+    const tiles = h('div', { class: 'tiles' },
+      tile('judged of ' + fmt(cur.tasks) + ' tasks', fmt(cur.judged)), tile('unjudged (tried, no score)', fmt(cur.unjudged)),
+      tile('not tried', fmt(cur.not_tried)), tile('mean overall', cur.mean_overall == null ? '–' : cur.mean_overall.toFixed(2)),
+      tile('all three checks pass', pct(cur.all_pass_rate)), tile('unreadable answers', pct(cur.parse_failure_rate)),
+      tile('judge tokens per judged task', fmt(cur.tokens.per_judged)),
+      tile('score ~ output words (Pearson / Spearman)', corr(lb.pearson) + ' / ' + corr(lb.spearman), true),
+      tile('model', cur.model || '–', true), tile('judge', cur.fingerprint, true));
+    const hint = cur.unjudged ? fmt(cur.unjudged) + ' unjudged: run `selfinstruct judge` on this run again to retry them. ' : '';
+    const scores = Object.entries(cur.scores).map(([level, n]) => ['overall ' + level, n]).reverse();
+    const passTable = h('table', { class: 'tbl' }, h('tr', {}, ['check', 'passed'].map((t) => h('th', { text: t }))),
+      Object.entries(cur.pass_rates).concat([['all three', cur.all_pass_rate]]).map(([k, v]) => h('tr', {}, h('td', { text: k }), h('td', { text: pct(v) }))));
+    const others = jd.judges.slice(1);
+    const older = others.length ? h('table', { class: 'tbl' }, h('tr', {}, ['earlier judge', 'model', 'judged', 'unjudged', 'mean overall'].map((t) => h('th', { text: t }))),
+      others.map((o) => h('tr', {}, [o.fingerprint, o.model || '–', fmt(o.judged), fmt(o.unjudged), o.mean_overall == null ? '–' : o.mean_overall.toFixed(2)].map((t) => h('td', { text: t }))))) : null;
+    return [
+      h('div', { class: 'card wide judge' }, h('h3', { text: 'Judge' }),
+        h('p', { class: 'hint', text: hint + 'Scores of the current judge; a self-instruct task shows its weakest instance in the Accepted list. A correlation of score with output length far from 0 hints at a length bias.' }),
+        tiles, older),
+      card('Judge: overall score', fmt(cur.judged) + ' judged', barsH(scores, COLORS[3])),
+      card('Judge: pass rates', 'valid instruction, fitting input, correct output', passTable),
+    ];
+  }
+
   async function drawRun() {
     let st;
     try {
@@ -984,7 +1034,7 @@
       return card('Words: ' + name, p ? 'p5 ' + fmt(p.p5) + ' · median ' + fmt(p.p50) + ' · p95 ' + fmt(p.p95) + ' · max ' + fmt(p.max) + ' · ' + fmt(p.count) + ' tasks' : 'no tasks', columns(w.histogram, { label: 'words', xfmt: (v) => fmt(Math.round(v)), color: COLORS[name === 'instruction' ? 0 : name === 'input' ? 4 : 2] }));
     };
     const fails = st.failures.length ? card('Failed requests by kind', null, barsH(st.failures, COLORS[1])) : null;
-    setKids(runBody, overview, timeline,
+    setKids(runBody, overview, st.judge ? judgeCards(st.judge) : null, timeline,
       card('Rejections by reason', fmt(sm.rejected) + ' rejected', barsH(st.rejected_by_reason, COLORS[1])),
       card('ROUGE-L of accepted tasks to their nearest', 'mean ' + fmt3(rg.mean) + '; a task is rejected above ' + rg.threshold, columns(rbins, { label: 'tasks', marker: rg.threshold, xfmt: (v) => v.toFixed(1) })),
       card('ROUGE-L of rejected near-duplicates', null, columns(nd, { label: 'rejections', color: COLORS[1], marker: rg.threshold, xfmt: (v) => v.toFixed(1) })),
