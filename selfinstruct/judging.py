@@ -200,8 +200,11 @@ class JudgeStage:
         )  # fmt: skip
 
     async def _next(self) -> JudgeItem | None:
+        waited = False
         while True:
             if self._queue:
+                if waited and not self._busy:
+                    self.pool.reset_silence()  # generate --judge: nothing to judge for a while is not a dead server
                 item = self._queue.popleft()
                 self._queued.discard(item.key)
                 self._busy += 1
@@ -211,6 +214,7 @@ class JudgeStage:
                 return None
             self._changed.clear()
             await self._changed.wait()
+            waited = True
 
     async def _ask(self, item: JudgeItem) -> Completion | RequestFailed:
         if self.structured != "auto":

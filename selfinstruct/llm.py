@@ -1185,6 +1185,10 @@ class EndpointPool:
             attempts=attempt_number,
         )
 
+    def reset_silence(self) -> None:
+        """Start the "no server has answered" clock afresh: the pool was idle, not unanswered."""
+        self._last_success = time.monotonic()
+
     def _check_alive(self) -> None:
         silent = time.monotonic() - self._last_success
         if silent > self.give_up_after:

@@ -308,3 +308,30 @@ def test_judge_on_a_directory_that_is_not_a_run_is_one_line(tmp_path: Path) -> N
     result = run_cli("judge", str(tmp_path / "nothing"), "--base-url", "http://127.0.0.1:9/v1")
     assert result.returncode == 1
     assert "is not a directory; pass the --output-dir of a generate run" in one_error_line(result.stderr)
+
+
+def test_calibrate_compares_the_judge_with_human_labels(tmp_path: Path, fake_server: FakeOpenAI) -> None:
+    out = tmp_path / "run"
+    tasks = make_run(out, 10)
+    fake_server.set_handler(judge_handler())
+    assert run_cli("judge", str(out), "--base-url", fake_server.base_url, "-q").returncode == 0
+    ids = [r["id"] for r in lines(out / "instructions.jsonl")]
+    labels = tmp_path / "labels.jsonl"
+    # The human agrees with the judge on 'output' everywhere, and disagrees on 'valid' for one task.
+    rows = []
+    for i, (task_id, task) in enumerate(zip(ids, tasks)):
+        want = expected(task[0])
+        rows.append({"task_id": task_id, "output": want["output"], "valid": want["valid"] != (i == 0)})
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_cli("calibrate", str(out), "--labels", str(labels), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["compared"] == 10 and report["questions"]["valid"]["agree"] == 9
+    assert len({r["output"] for r in rows}) == 2  # both classes, so kappa is defined
+    assert report["questions"]["output"]["agreement"] == 1.0
+    assert report["questions"]["output"]["kappa"] == pytest.approx(1.0)
+    assert "input" not in report["questions"] or report["questions"]["input"]["n"] == 0
+    readable = run_cli("calibrate", str(out), "--labels", str(labels))
+    assert readable.returncode == 0 and "kappa" in readable.stdout.lower()
+    missing = run_cli("calibrate", str(out))
+    assert missing.returncode == 1 and "flags.jsonl" in one_error_line(missing.stderr)
