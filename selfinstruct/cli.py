@@ -135,6 +135,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     filt = _add_filter_options(p.add_argument_group("filters"))
     filt.add_argument("--no-seed-check", action="store_true", help="use the seed file even if `seeds check` finds problems")
     p.add_argument("--allow-config-change", action="store_true", help="resume even though generation settings changed")
+    p.add_argument(
+        "--filter-process", choices=("auto", "yes", "no"), default="auto",
+        help="parse, filter and deduplicate answers in a process of their own, on another core "
+        "(default auto: yes with 2 or more cores; the self-instruct method always judges in-process)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     judge = p.add_argument_group("judge (see `selfinstruct judge --help`)")
     judge.add_argument("--judge", action="store_true", help="have a judge model review each task as it is accepted")
@@ -337,6 +342,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         max_consecutive_bad_requests=args.max_consecutive_bad_requests,
         progress=not args.quiet,
         judge=_judge_config(args, args.output_dir, env_url=False) if args.judge else None,
+        filter_process={"auto": None, "yes": True, "no": False}[args.filter_process],
     )
     summary = generate(config)
     print(summary.format(), file=sys.stderr)

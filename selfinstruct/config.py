@@ -98,6 +98,8 @@ class RunConfig:
     max_fruitless_answers: int = 200  # this many answers in a row with no usable task: stop
     max_consecutive_bad_requests: int = 10  # the same 4xx on this many requests in a row: stop
     progress: bool = True
+    # Parse, filter and deduplicate in a process of its own (None: when there are 2+ cores).
+    filter_process: bool | None = None
     judge: JudgeConfig | None = None  # judge tasks as they are accepted (generate --judge)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from .config import RunConfig
 from .errors import SelfInstructError
 from .judge import Accept, Judge, Verdict
+from .judge_worker import JudgeWorker
 from .llm import Completion, EndpointPool, GenerationRequest, RequestFailed, redact_url
 from .prompts import DEFAULT_TEXTS, PromptTexts, build_chat_messages, build_completion_prompt, stop_sequences
 from .records import AcceptedTask, Candidate, Rejection, RequestRecord, SeedTask
@@ -69,7 +70,7 @@ class Engine:
         seeds: list[SeedTask],
         store: RunStore,
         pool: EndpointPool,
-        judge: Judge,
+        judge: Judge | JudgeWorker,
         settings: str,
         progress: Progress,
         save: Callable[[], None],
@@ -158,13 +159,21 @@ class Engine:
                 return
             number = self.store.new_request_number()
             request, first_number = self.build_request(number)
-            self._outstanding += 1
+            self._outstanding += 1  # until its verdict is committed: it may still bring tasks
             try:
                 result = await self.pool.generate(request)
+                if isinstance(self.judge, JudgeWorker) and isinstance(result, Completion):
+                    # Judged on the worker's core; committed here as it arrives (the worker keeps the order).
+                    continuation = first_number if self.config.api == "completions" else None
+                    verdict = await self.judge.judge(
+                        result.text, finish_reason=result.finish_reason, continuation_number=continuation
+                    )
+                    self._after_commit(len(self._commit_verdict(number, result, verdict)))
+                else:
+                    self.apply(number, first_number, result)
             finally:
                 self._outstanding -= 1
                 self._answered.set()
-            self.apply(number, first_number, result)
 
     async def _watchdog(self) -> None:
         """Stop when nothing has been accepted for give_up_after seconds, whatever the servers say."""
@@ -214,6 +223,7 @@ class Engine:
             self._commit_failure(number, result)
             self._after_commit(0)
             return
+        assert isinstance(self.judge, Judge), "answers for the judging process go through _worker"
         continuation = first_number if self.config.api == "completions" else None
         verdict = self.judge.judge(
             result.text,

@@ -157,6 +157,7 @@ class _Session:
         self.error: str | None = None
         self.added = 0
         self.judge_stage: Any = None
+        self.worker: Any = None  # the judging process, when parsing and filtering run on another core
 
     # -- run.json -----------------------------------------------------------------------------
 
@@ -285,6 +286,7 @@ class _Session:
     async def _generate(self, seeds: list[SeedTask], seeds_hash: str, base_urls: tuple[str, ...]) -> None:
         from .engine import Engine, Progress
         from .judge import Judge
+        from .judge_worker import JudgeWorker, worthwhile
         from .llm import EndpointPool
         from .prompts import PROMPT_VERSION, SI_PROMPT_VERSION, load_prompt_texts, prompt_fingerprint, si_prompt_fingerprint
 
@@ -323,14 +325,24 @@ class _Session:
             filters = cfg.filters
             if self_instruct:  # stage 1 writes instructions only: there is no output to check yet
                 filters = replace(filters, disabled=filters.disabled | {"empty_output"})
-            judge = Judge(
-                filters=filters,
-                threshold=cfg.similarity_threshold,
-                tokenizer=cfg.tokenizer,
-                seeds=seeds,
-                accepted=store.accepted,
-                next_task_number=store.next_task_number,
-            )
+            judge: Judge | JudgeWorker
+            use_worker = cfg.filter_process if cfg.filter_process is not None else worthwhile()
+            if use_worker and not self_instruct:
+                judge = self.worker = JudgeWorker()
+                await judge.start(
+                    filters=filters, threshold=cfg.similarity_threshold, tokenizer=cfg.tokenizer, seeds=seeds,
+                    accepted=store.accepted, next_task_number=store.next_task_number,
+                    room=max(0, cfg.num_instructions - len(store.accepted)),
+                )  # fmt: skip
+            else:
+                judge = Judge(
+                    filters=filters,
+                    threshold=cfg.similarity_threshold,
+                    tokenizer=cfg.tokenizer,
+                    seeds=seeds,
+                    accepted=store.accepted,
+                    next_task_number=store.next_task_number,
+                )
             progress = Progress(cfg.progress, cfg.num_instructions, len(store.accepted))
             engine_class = Engine
             if self_instruct:
@@ -350,6 +362,8 @@ class _Session:
             if self.judge_stage is not None:
                 store.on_commit = None
                 await self.judge_stage.pool.aclose()
+            if self.worker is not None:
+                await self.worker.close()
             await pool.aclose()
 
     async def _generate_and_judge(self, base_urls: tuple[str, ...]) -> None:

@@ -18,7 +18,7 @@ import time
 from collections import Counter, deque
 
 from .engine import Engine
-from .judge import Reject
+from .judge import Judge, Reject
 from .llm import Completion, GenerationRequest, RequestFailed
 from .prompts import (
     si_classification_instances_prompt,
@@ -190,6 +190,7 @@ class SelfInstructEngine(Engine):
         candidates, cut = parse_instruction_list(
             result.text, continuation_number=continuation, finish_reason=result.finish_reason
         )
+        assert isinstance(self.judge, Judge), "self-instruct judges on the event loop"
         verdict = self.judge.judge_candidates(candidates, max(0, self.target - len(self.store.accepted)))
         verdict.incomplete = cut
         if not candidates:

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 INTEGRATION = {
     "test_generate", "test_resilience", "test_hostile_cli", "test_self_instruct", "test_scaling",
     "test_pool_hostile", "test_fake_openai", "test_report_browser",
-    "test_judge_stage", "test_exactness",
+    "test_judge_stage", "test_exactness", "test_judge_worker",
 }  # fmt: skip
 SLOW = {"test_soak": "soak", "test_e2e": "e2e"}
 

@@ -1,0 +1,257 @@
+"""Judging on a core of its own: the :class:`~selfinstruct.judge.Judge` in a child process.
+
+Parsing, the filters and the ROUGE-L pool cost more CPU than the HTTP exchange of an answer, and
+on one event loop they cap the whole run near what one core judges. Here the event loop only
+moves bytes: answers go to a child (``python -m selfinstruct.judge_worker``, so nothing of the
+caller's script is re-imported, as multiprocessing's spawn would) and verdicts come back.
+
+Exactness is unchanged: the child is the only decider, judges answers one at a time in the
+order they were sent, and its pool holds every task it accepted, committed or not yet; it also
+keeps the room left below the target, so it never accepts past it. The engine commits each
+verdict as it arrives, in order. A killed parent closes the pipe and the child exits; a child
+that dies fails the run with a message, and the same command resumes.
+
+Messages are length-prefixed pickles over the child's stdin/stdout (its own code at both ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .errors import SelfInstructError
+from .filters import FilterConfig
+from .judge import Judge, Verdict
+from .records import AcceptedTask, SeedTask
+
+__all__ = ["JudgeWorker", "JudgeWorkerDied", "worthwhile"]
+
+_HEADER = struct.Struct("!Q")
+
+
+class JudgeWorkerDied(SelfInstructError):
+    """The judging process ended before the run did."""
+
+
+@dataclass(frozen=True)
+class _Setup:
+    filters: FilterConfig
+    threshold: float
+    tokenizer: str
+    seeds: list[SeedTask]
+    pool: list[tuple[str, str]]  # (instruction, id) of every accepted task, in order
+    next_task_number: int
+    room: int  # tasks still wanted
+
+
+def worthwhile() -> bool:
+    """A second process pays only with a second core to run it on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores >= 2
+
+
+def _send(fh: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    fh.write(_HEADER.pack(len(data)) + data)
+    fh.flush()
+
+
+def _receive(fh: IO[bytes]) -> Any:
+    """The next message, or EOFError when the other side is gone."""
+    head = fh.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError
+    size = _HEADER.unpack(head)[0]
+    data = fh.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class JudgeWorker:
+    """The parent's end: ``await start(...)``, then ``await judge(...)`` per answer, ``close()``."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._sequence = 0
+        self._dead: JudgeWorkerDied | None = None
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+
+    async def start(
+        self,
+        *,
+        filters: FilterConfig,
+        threshold: float,
+        tokenizer: str,
+        seeds: Sequence[SeedTask],
+        accepted: Sequence[AcceptedTask],
+        next_task_number: int,
+        room: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "selfinstruct.judge_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False,
+        )  # fmt: skip
+        self._threads = [
+            threading.Thread(target=self._write_loop, name="judge-worker-send", daemon=True),
+            threading.Thread(target=self._read_loop, name="judge-worker-receive", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        setup = _Setup(
+            filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds),
+            pool=[(a.instruction, a.id) for a in accepted], next_task_number=next_task_number, room=room,
+        )  # fmt: skip
+        await self._call(setup)  # answers once the pool is built
+
+    def _call(self, payload: Any) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        if self._dead is not None:
+            raise self._dead
+        self._sequence += 1
+        future = self._loop.create_future()
+        self._pending[self._sequence] = future
+        self._outbox.put((self._sequence, payload))
+        return future
+
+    async def judge(self, text: str, *, finish_reason: str | None, continuation_number: int | None) -> Verdict:
+        """The verdict on one answer (accepted tasks already count against the room)."""
+        verdict: Verdict = await self._call((text, finish_reason, continuation_number))
+        return verdict
+
+    def _write_loop(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        stdin = self._proc.stdin
+        try:
+            while (message := self._outbox.get()) is not None:
+                _send(stdin, message)
+        except (OSError, ValueError):
+            pass  # the child is gone; the reader reports it
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _read_loop(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None and self._loop is not None
+        try:
+            while True:
+                sequence, ok, value = _receive(self._proc.stdout)
+                self._loop.call_soon_threadsafe(self._deliver, sequence, ok, value)
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+            with contextlib.suppress(OSError):
+                self._proc.stdout.close()
+            code = self._proc.wait()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._ended, code)
+
+    def _deliver(self, sequence: int, ok: bool, value: Any) -> None:
+        future = self._pending.pop(sequence, None)
+        if future is None or future.done():
+            return  # its waiter was cancelled (a stop): the verdict is dropped, nothing was written
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(JudgeWorkerDied(f"the judging process failed: {value}"))
+
+    def _ended(self, code: int) -> None:
+        if self._closing:
+            return
+        self._dead = JudgeWorkerDied(
+            f"the judging process ended unexpectedly (exit code {code}); everything committed is on disk: "
+            "rerun the same command to resume"
+        )
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._dead)
+        self._pending.clear()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._outbox.put(None)
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _wait_or_kill, proc)
+        except RuntimeError:  # no executor at interpreter shutdown
+            _wait_or_kill(proc)
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
+    sequence, setup = _receive(inbox)
+    judge = Judge(
+        filters=setup.filters, threshold=setup.threshold, tokenizer=setup.tokenizer, seeds=setup.seeds,
+        accepted=[AcceptedTask(id=id_, instruction=text, input="", output="", request=-1) for text, id_ in setup.pool],
+        next_task_number=setup.next_task_number,
+    )  # fmt: skip
+    room = setup.room
+    del setup
+    _send(outbox, (sequence, True, None))
+    while True:
+        sequence, (text, finish_reason, continuation_number) = _receive(inbox)
+        try:
+            verdict = judge.judge(text, finish_reason=finish_reason, continuation_number=continuation_number, room=room)
+        except Exception:  # noqa: BLE001 - reported to the parent, which stops the run with it
+            _send(outbox, (sequence, False, traceback.format_exc(limit=8)))
+            return
+        room -= len(verdict.accepted)
+        _send(outbox, (sequence, True, verdict))
+
+
+def main() -> None:
+    # The parent handles signals and ends us by closing the pipe; a Ctrl-C reaches the whole group.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the protocol
+    try:
+        _serve(sys.stdin.buffer, outbox)
+    except EOFError:
+        pass
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Judging in a process of its own: same data as on the event loop, and no orphan or silent loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from conftest import assert_valid_dataset, generate_args, lines, one_error_line, run_cli, spawn, wait_for_lines
+from fake_openai import FakeOpenAI
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Our judging process: a child of ``parent`` running selfinstruct.judge_worker."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"selfinstruct.judge_worker" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_worker_gives_the_same_dataset_as_the_event_loop(tmp_path: Path) -> None:
+    datasets = []
+    for mode in ("yes", "no"):
+        out = tmp_path / mode
+        with FakeOpenAI(seed=3) as server:
+            result = run_cli(*generate_args(out, server, 60, "--concurrency", "1", "--filter-process", mode))
+            assert result.returncode == 0, result.stderr
+            assert_valid_dataset(out, 60, server)
+        datasets.append([(r["id"], r["instruction"], r["rouge_l"], r.get("nearest_id")) for r in lines(out / "instructions.jsonl")])
+        datasets.append([(r["reason"], r["instruction"]) for r in lines(out / "rejected.jsonl")])
+    assert datasets[0] == datasets[2] and datasets[1] == datasets[3]
+
+
+def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
+        wait_for_lines(out / "instructions.jsonl", 20, proc)
+        pids = worker_pids(proc.pid)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 1, stderr
+        assert "the judging process ended unexpectedly" in one_error_line(stderr)
+        assert json.loads((out / "run.json").read_text())["status"] == "failed"
+        result = run_cli(*generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
+        assert result.returncode == 0, result.stderr
+        assert_valid_dataset(out, 400, server)
+
+
+def test_killing_the_run_leaves_no_judging_process_behind(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as server:
+        proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
+        wait_for_lines(out / "instructions.jsonl", 20, proc)
+        pids = worker_pids(proc.pid)
+        assert len(pids) == 1, pids
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while alive(pids[0]) and time.monotonic() < deadline:  # it sees its pipe close and exits
+            time.sleep(0.05)
+        assert not alive(pids[0])
+        result = run_cli(*generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
+        assert result.returncode == 0, result.stderr
+        assert_valid_dataset(out, 400, server)
