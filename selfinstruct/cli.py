@@ -344,10 +344,14 @@ def _run_generate(args: argparse.Namespace) -> int:
         judge=_judge_config(args, args.output_dir, env_url=False) if args.judge else None,
         filter_process={"auto": None, "yes": True, "no": False}[args.filter_process],
     )
-    summary = generate(config)
+    return _finish(generate(config), "Resume")
+
+
+def _finish(summary: Any, verb: str) -> int:
+    """Print a session's summary; an interrupted one also gets the command that goes on."""
     print(summary.format(), file=sys.stderr)
     if summary.status == "interrupted":
-        print(f"Interrupted. Resume with the same command: {_resume_command(sys.argv[1:])}", file=sys.stderr)
+        print(f"Interrupted. {verb} with the same command: {_resume_command(sys.argv[1:])}", file=sys.stderr)
         return 128 + summary.signal if summary.signal else 128 + signal.SIGINT
     return 0
 
@@ -381,12 +385,7 @@ def _run_judge(args: argparse.Namespace) -> int:
     config = _judge_config(args, args.dir, env_url=True)
     if not config.base_urls:
         print(EMBEDDED_JUDGE_NOTE, file=sys.stderr)
-    summary = judge_tasks(config)
-    print(summary.format(), file=sys.stderr)
-    if summary.status == "interrupted":
-        print(f"Interrupted. Go on with the same command: {_resume_command(sys.argv[1:])}", file=sys.stderr)
-        return 128 + summary.signal if summary.signal else 128 + signal.SIGINT
-    return 0
+    return _finish(judge_tasks(config), "Go on")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:

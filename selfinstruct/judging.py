@@ -347,27 +347,12 @@ def warn_if_self_judging(judge_model: str, generator_models: Iterable[str]) -> N
         )
 
 
-def make_pool(config: JudgeConfig, base_urls: Sequence[str]) -> EndpointPool:
-    return EndpointPool(
-        base_urls,
-        api_key=config.api_key,
-        model=config.model,
-        concurrency=config.concurrency,
-        max_concurrency=config.max_concurrency,
-        request_timeout=config.request_timeout,
-        max_attempts=config.max_attempts,
-        backoff_base=config.retry_wait,
-        backoff_cap=config.retry_wait_max,
-        give_up_after=config.give_up_after,
-    )
-
-
 async def open_stage(
     config: JudgeConfig, store: RunStore, base_urls: Sequence[str], *, embedded: bool, progress: Any = None
 ) -> JudgeStage:
     """Resolve the judge's model, register its fingerprint and return a stage ready to be fed."""
     rubric = load_rubric(config.rubric)
-    pool = make_pool(config, base_urls)
+    pool = EndpointPool.for_config(config, base_urls)
     try:
         model = await pool.resolve_model()
     except BaseException:
@@ -495,27 +480,10 @@ async def run_judge(config: JudgeConfig, *, stop: asyncio.Event | None = None) -
 
     Setting ``stop`` ends the session at once (status ``interrupted``); the same call resumes.
     """
-    session = _JudgeSession(config)
-    work = asyncio.ensure_future(session.run())
-    if stop is None:
-        return await work
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        work.cancel()
-        await asyncio.wait({work})
-        raise
-    finally:
-        waiter.cancel()
-    if not work.done():
-        work.cancel()
-        await asyncio.wait({work})
-    if work.cancelled():
-        if session.status == "running":
-            session.status = "interrupted"
-        return session.summary()
-    return work.result()
+    from .runner import until_stopped
+
+    summary: JudgeSummary = await until_stopped(_JudgeSession(config), stop)
+    return summary
 
 
 def judge_tasks(config: JudgeConfig) -> JudgeSummary:

@@ -836,6 +836,23 @@ class EndpointPool:
         self._bad_kind: str | None = None
         self._bad_streak = 0
 
+    @classmethod
+    def for_config(cls, config: Any, base_urls: Sequence[str]) -> EndpointPool:
+        """A pool with the server settings of a RunConfig or JudgeConfig (same field names)."""
+        return cls(
+            base_urls,
+            api_key=config.api_key,
+            model=config.model,
+            concurrency=config.concurrency,
+            max_concurrency=config.max_concurrency,
+            request_timeout=config.request_timeout,
+            max_attempts=config.max_attempts,
+            backoff_base=config.retry_wait,
+            backoff_cap=config.retry_wait_max,
+            give_up_after=config.give_up_after,
+            max_consecutive_bad_requests=getattr(config, "max_consecutive_bad_requests", 10),
+        )
+
     def _warn_if_few_file_descriptors(self) -> None:
         try:
             import resource

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
@@ -98,16 +98,26 @@ def _read_texts(raw: str, where: str) -> dict[str, str]:
     return data
 
 
-def load_prompt_texts(path: str | os.PathLike[str] | None = None) -> PromptTexts:
-    """The packaged texts, with those named in the JSON file ``path`` replaced."""
-    texts = _read_texts(files("selfinstruct").joinpath("data/prompts.json").read_text(encoding="utf-8"), "(packaged)")
+def texts_with_overrides(
+    packaged: str, path: str | os.PathLike[str] | None, what: str, read: Callable[[str, str], dict[str, str]]
+) -> dict[str, str]:
+    """The texts of the packaged JSON ``data/<packaged>``, with those in the user's file ``path`` replacing them.
+
+    ``read(raw, where)`` parses and checks one file's JSON.
+    """
+    texts = read(files("selfinstruct").joinpath(f"data/{packaged}").read_text(encoding="utf-8"), "(packaged)")
     if path is not None:
         try:
             raw = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read prompt template {path}: {exc.strerror or exc}; check the path") from exc
-        texts.update(_read_texts(raw, str(path)))
-    return PromptTexts(**texts)
+            raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from exc
+        texts.update(read(raw, str(path)))
+    return texts
+
+
+def load_prompt_texts(path: str | os.PathLike[str] | None = None) -> PromptTexts:
+    """The packaged texts, with those named in the JSON file ``path`` replaced."""
+    return PromptTexts(**texts_with_overrides("prompts.json", path, "prompt template", _read_texts))
 
 
 DEFAULT_TEXTS = load_prompt_texts()

@@ -14,11 +14,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .prompts import texts_with_overrides
 from .records import CHECKS
 
 __all__ = [
@@ -67,13 +66,7 @@ class Rubric:
 
 def load_rubric(path: str | os.PathLike[str] | None = None) -> Rubric:
     """The packaged rubric, or the JSON file ``path`` (keys ``system`` and ``template``; either may be left out)."""
-    texts = _rubric_texts(files("selfinstruct").joinpath("data/judge_rubric.json").read_text(encoding="utf-8"), "(packaged)")
-    if path is not None:
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read judge rubric {path}: {exc.strerror or exc}; check the path") from exc
-        texts.update(_rubric_texts(raw, str(path)))
+    texts = texts_with_overrides("judge_rubric.json", path, "judge rubric", _rubric_texts)
     missing = [f"{{{name}}}" for name in _PLACEHOLDERS if f"{{{name}}}" not in texts["template"]]
     if missing:
         raise ConfigError(

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import __version__
 from .config import RunConfig, describe_change
@@ -294,19 +294,7 @@ class _Session:
         store = self.store
         assert store is not None
         history = store.settings_history()
-        pool = self.pool = EndpointPool(
-            base_urls,
-            api_key=cfg.api_key,
-            model=cfg.model,
-            concurrency=cfg.concurrency,
-            max_concurrency=cfg.max_concurrency,
-            request_timeout=cfg.request_timeout,
-            max_attempts=cfg.max_attempts,
-            backoff_base=cfg.retry_wait,
-            backoff_cap=cfg.retry_wait_max,
-            give_up_after=cfg.give_up_after,
-            max_consecutive_bad_requests=cfg.max_consecutive_bad_requests,
-        )
+        pool = self.pool = EndpointPool.for_config(cfg, base_urls)
         try:
             if cfg.model is None and history and isinstance(history[-1]["settings"].get("model"), str):
                 # Resume against the same model even if the server now lists another one first.
@@ -426,7 +414,19 @@ async def run_generation(config: RunConfig, *, stop: asyncio.Event | None = None
     Setting ``stop`` ends the session at once, in any phase (status ``interrupted``); the same
     call resumes. Problems the user must fix raise :class:`~selfinstruct.errors.SelfInstructError`.
     """
-    session = _Session(config)
+    return await until_stopped(_Session(config), stop)
+
+
+class _Stoppable(Protocol):
+    status: Status
+
+    async def run(self) -> Any: ...
+
+    def summary(self) -> Any: ...
+
+
+async def until_stopped(session: _Stoppable, stop: asyncio.Event | None) -> Any:
+    """``session.run()``, cancelled when ``stop`` is set; a stopped session returns its summary."""
     work = asyncio.ensure_future(session.run())
     if stop is None:
         return await work

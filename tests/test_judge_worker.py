@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,14 +51,20 @@ def test_the_worker_gives_the_same_dataset_as_the_event_loop(tmp_path: Path) -> 
     assert datasets[0] == datasets[2] and datasets[1] == datasets[3]
 
 
+def start_with_worker(out: Path, server: FakeOpenAI) -> tuple[subprocess.Popen, int]:
+    """A run under way (20 tasks in) and the pid of its judging process."""
+    proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
+    wait_for_lines(out / "instructions.jsonl", 20, proc)
+    pids = worker_pids(proc.pid)
+    assert len(pids) == 1, pids
+    return proc, pids[0]
+
+
 def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with FakeOpenAI(latency=0.02) as server:
-        proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
-        wait_for_lines(out / "instructions.jsonl", 20, proc)
-        pids = worker_pids(proc.pid)
-        assert len(pids) == 1, pids
-        os.kill(pids[0], signal.SIGKILL)
+        proc, worker = start_with_worker(out, server)
+        os.kill(worker, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 1, stderr
         assert "the judging process ended unexpectedly" in one_error_line(stderr)
@@ -70,16 +77,13 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path) ->
 def test_killing_the_run_leaves_no_judging_process_behind(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with FakeOpenAI(latency=0.02) as server:
-        proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
-        wait_for_lines(out / "instructions.jsonl", 20, proc)
-        pids = worker_pids(proc.pid)
-        assert len(pids) == 1, pids
+        proc, worker = start_with_worker(out, server)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         deadline = time.monotonic() + 30
-        while alive(pids[0]) and time.monotonic() < deadline:  # it sees its pipe close and exits
+        while alive(worker) and time.monotonic() < deadline:  # it sees its pipe close and exits
             time.sleep(0.05)
-        assert not alive(pids[0])
+        assert not alive(worker)
         result = run_cli(*generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
         assert result.returncode == 0, result.stderr
         assert_valid_dataset(out, 400, server)
