@@ -88,6 +88,10 @@ class Judge:
             self._admit(text, id_)
         self._next_number = next_task_number
 
+    def admit(self, instruction: str, id_: str) -> None:
+        """Put an accepted task into the pool (tasks read from disk, in file order)."""
+        self._admit(instruction, id_)
+
     def _admit(self, instruction: str, id_: str) -> None:
         position = self.index.add(instruction)
         self._ids.append(id_)
@@ -101,6 +105,10 @@ class Judge:
     @property
     def next_task_number(self) -> int:
         return self._next_number
+
+    @next_task_number.setter
+    def next_task_number(self, number: int) -> None:
+        self._next_number = number
 
     def judge(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pickle
 import queue
@@ -35,6 +36,7 @@ from .errors import SelfInstructError
 from .filters import FilterConfig
 from .judge import Judge, Verdict
 from .records import AcceptedTask, SeedTask
+from .store import without_gc
 
 __all__ = ["JudgeWorker", "JudgeWorkerDied", "worthwhile"]
 
@@ -51,9 +53,24 @@ class _Setup:
     threshold: float
     tokenizer: str
     seeds: list[SeedTask]
-    pool: list[tuple[str, str]]  # (instruction, id) of every accepted task, in order
+    accepted_file: str  # read by the child while the parent opens the store
+
+
+@dataclass(frozen=True)
+class _Go:
+    """The store is open: the child's pool must hold these tasks; then judging starts."""
+
+    count: int
+    last_id: str
     next_task_number: int
     room: int  # tasks still wanted
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The pool, sent when the child's own reading of the file did not match the store."""
+
+    pairs: list[tuple[str, str]]  # (instruction, id) of every accepted task, in order
 
 
 def worthwhile() -> bool:
@@ -95,18 +112,12 @@ class JudgeWorker:
         self._dead: JudgeWorkerDied | None = None
         self._closing = False
         self._threads: list[threading.Thread] = []
+        self._setup: asyncio.Future[Any] | None = None
 
-    async def start(
-        self,
-        *,
-        filters: FilterConfig,
-        threshold: float,
-        tokenizer: str,
-        seeds: Sequence[SeedTask],
-        accepted: Sequence[AcceptedTask],
-        next_task_number: int,
-        room: int,
+    def launch(
+        self, *, filters: FilterConfig, threshold: float, tokenizer: str, seeds: Sequence[SeedTask], accepted_file: str
     ) -> None:
+        """Start the child; it builds its pool from ``accepted_file`` while the caller opens the store."""
         self._loop = asyncio.get_running_loop()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
@@ -120,11 +131,19 @@ class JudgeWorker:
         ]
         for thread in self._threads:
             thread.start()
-        setup = _Setup(
-            filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds),
-            pool=[(a.instruction, a.id) for a in accepted], next_task_number=next_task_number, room=room,
-        )  # fmt: skip
-        await self._call(setup)  # answers once the pool is built
+        self._setup = self._call(_Setup(filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds), accepted_file=accepted_file))
+
+    async def start(self, accepted: Sequence[AcceptedTask], *, next_task_number: int, room: int) -> None:
+        """Check the child's pool against the store's tasks (sending them if it differs) and begin."""
+        assert self._setup is not None, "launch() first"
+        await self._setup  # the child's pool is built (or it failed: raised here)
+        last_id = accepted[-1].id if accepted else ""
+        go = _Go(count=len(accepted), last_id=last_id, next_task_number=next_task_number, room=room)
+        if not await self._call(go):
+            # The file changed under the child (a repair): send the pool as the store has it.
+            await self._call(_Pool([(a.instruction, a.id) for a in accepted]))
+            if not await self._call(go):
+                raise JudgeWorkerDied("the judging process could not build the same pool as the store")
 
     def _call(self, payload: Any) -> asyncio.Future[Any]:
         assert self._loop is not None
@@ -203,11 +222,11 @@ class JudgeWorker:
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
+    # The child keeps nothing that lasts (the parent writes every record): no need to wait for it,
+    # which could take seconds while it is still reading a big pool.
+    with contextlib.suppress(OSError):
         proc.kill()
-        proc.wait()
+    proc.wait()
 
 
 def _package_root() -> str:
@@ -217,16 +236,56 @@ def _package_root() -> str:
 # -- the child ------------------------------------------------------------------------------------
 
 
+def _pool_from_file(judge: Judge, path: str) -> tuple[int, str]:
+    """Admit the tasks of ``path`` the way the store reads them (unreadable lines skipped)."""
+    count, last_id = 0, ""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return 0, ""
+    with fh, without_gc():
+        for raw in fh:
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue  # a torn tail: the store repairs it, and a mismatch is caught by the count
+            try:
+                data = json.loads(raw)
+                text, id_ = data["instruction"], data.get("id", "")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line the store quarantines; any other difference shows in the count
+            if not isinstance(text, str) or not isinstance(id_, str):
+                continue
+            judge.admit(text, id_)
+            count += 1
+            last_id = id_
+    return count, last_id
+
+
 def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
     sequence, setup = _receive(inbox)
-    judge = Judge(
-        filters=setup.filters, threshold=setup.threshold, tokenizer=setup.tokenizer, seeds=setup.seeds,
-        accepted=[AcceptedTask(id=id_, instruction=text, input="", output="", request=-1) for text, id_ in setup.pool],
-        next_task_number=setup.next_task_number,
-    )  # fmt: skip
-    room = setup.room
-    del setup
+
+    def fresh_judge() -> Judge:
+        return Judge(filters=setup.filters, threshold=setup.threshold, tokenizer=setup.tokenizer, seeds=setup.seeds,
+                     accepted=(), next_task_number=0)  # fmt: skip
+
+    judge = fresh_judge()
+    count, last_id = _pool_from_file(judge, setup.accepted_file)
     _send(outbox, (sequence, True, None))
+    while True:  # until the parent's store agrees with the pool
+        sequence, message = _receive(inbox)
+        if isinstance(message, _Pool):
+            judge = fresh_judge()
+            with without_gc():
+                for text, id_ in message.pairs:
+                    judge.admit(text, id_)
+            count, last_id = len(message.pairs), message.pairs[-1][1] if message.pairs else ""
+            _send(outbox, (sequence, True, None))
+            continue
+        matches = (count, last_id) == (message.count, message.last_id)
+        _send(outbox, (sequence, True, matches))
+        if matches:
+            judge.next_task_number = message.next_task_number
+            room = message.room
+            break
     while True:
         sequence, (text, finish_reason, continuation_number) = _receive(inbox)
         try:
@@ -254,4 +313,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Through the package, so the classes unpickled here are the ones this module's code checks for.
+    from selfinstruct.judge_worker import main as package_main
+
+    package_main()

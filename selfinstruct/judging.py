@@ -352,6 +352,8 @@ async def open_stage(
 ) -> JudgeStage:
     """Resolve the judge's model, register its fingerprint and return a stage ready to be fed."""
     rubric = load_rubric(config.rubric)
+    if embedded and config.concurrency is None:
+        config = replace(config, concurrency=1)  # llama.cpp's embedded server answers one request at a time
     pool = EndpointPool.for_config(config, base_urls)
     try:
         model = await pool.resolve_model()

@@ -25,7 +25,7 @@ from . import __version__
 from .config import RunConfig, describe_change
 from .errors import ConfigError, SeedError, SelfInstructError
 from .records import Counters, SeedTask, Status
-from .store import RunStore, now_utc, settings_fingerprint
+from .store import RunStore, now_utc, settings_fingerprint, without_gc
 
 __all__ = ["RunSummary", "generate", "run_generation"]
 
@@ -229,7 +229,12 @@ class _Session:
         cfg = self.config
         seeds, seeds_hash = await _in_thread(lambda: _load_seeds(cfg), "seeds")
         store = self.store = RunStore(cfg.output_dir)
-        store.open()
+        self._launch_worker(seeds)
+        try:
+            store.open()
+        except BaseException:
+            await self._close_worker()
+            raise
         try:
             for notice in store.notices:
                 log.warning(notice)
@@ -261,6 +266,27 @@ class _Session:
             return self.summary()
         finally:
             store.close()
+            await self._close_worker()
+
+    def _launch_worker(self, seeds: list[SeedTask]) -> None:
+        """With a core to spare, the judging process starts now and reads the tasks while the store opens."""
+        from .judge_worker import JudgeWorker, worthwhile
+        from .store import ACCEPTED_FILE
+
+        cfg = self.config
+        wanted = cfg.filter_process if cfg.filter_process is not None else worthwhile()
+        if not wanted or cfg.method == "self-instruct":
+            return
+        self.worker = JudgeWorker()
+        self.worker.launch(
+            filters=cfg.filters, threshold=cfg.similarity_threshold, tokenizer=cfg.tokenizer, seeds=seeds,
+            accepted_file=str(cfg.output_dir / ACCEPTED_FILE),
+        )  # fmt: skip
+
+    async def _close_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+            self.worker = None
 
     def _save_quietly(self, status: Status | None = None) -> None:
         """Record the status when the disk lets us; the error that brought us here matters more."""
@@ -286,7 +312,7 @@ class _Session:
     async def _generate(self, seeds: list[SeedTask], seeds_hash: str, base_urls: tuple[str, ...]) -> None:
         from .engine import Engine, Progress
         from .judge import Judge
-        from .judge_worker import JudgeWorker, worthwhile
+        from .judge_worker import JudgeWorker
         from .llm import EndpointPool
         from .prompts import PROMPT_VERSION, SI_PROMPT_VERSION, load_prompt_texts, prompt_fingerprint, si_prompt_fingerprint
 
@@ -314,23 +340,20 @@ class _Session:
             if self_instruct:  # stage 1 writes instructions only: there is no output to check yet
                 filters = replace(filters, disabled=filters.disabled | {"empty_output"})
             judge: Judge | JudgeWorker
-            use_worker = cfg.filter_process if cfg.filter_process is not None else worthwhile()
-            if use_worker and not self_instruct:
-                judge = self.worker = JudgeWorker()
-                await judge.start(
-                    filters=filters, threshold=cfg.similarity_threshold, tokenizer=cfg.tokenizer, seeds=seeds,
-                    accepted=store.accepted, next_task_number=store.next_task_number,
-                    room=max(0, cfg.num_instructions - len(store.accepted)),
-                )  # fmt: skip
+            if self.worker is not None:
+                room = max(0, cfg.num_instructions - len(store.accepted))
+                await self.worker.start(store.accepted, next_task_number=store.next_task_number, room=room)
+                judge = self.worker
             else:
-                judge = Judge(
-                    filters=filters,
-                    threshold=cfg.similarity_threshold,
-                    tokenizer=cfg.tokenizer,
-                    seeds=seeds,
-                    accepted=store.accepted,
-                    next_task_number=store.next_task_number,
-                )
+                with without_gc():
+                    judge = Judge(
+                        filters=filters,
+                        threshold=cfg.similarity_threshold,
+                        tokenizer=cfg.tokenizer,
+                        seeds=seeds,
+                        accepted=store.accepted,
+                        next_task_number=store.next_task_number,
+                    )
             progress = Progress(cfg.progress, cfg.num_instructions, len(store.accepted))
             engine_class = Engine
             if self_instruct:
@@ -350,8 +373,6 @@ class _Session:
             if self.judge_stage is not None:
                 store.on_commit = None
                 await self.judge_stage.pool.aclose()
-            if self.worker is not None:
-                await self.worker.close()
             await pool.aclose()
 
     async def _generate_and_judge(self, base_urls: tuple[str, ...]) -> None:
@@ -377,11 +398,19 @@ class _Session:
                     judging.result()  # a judge that cannot go on stops the job with its reason
             generating.result()
             stage.close()
+            if stage.pending:
+                log.info("generation is done; the judge has %d tasks left to review", stage.pending)
+                if cfg.progress:
+                    from .engine import Progress
+
+                    stage.progress = Progress(True, len(stage.judged) + stage.pending, len(stage.judged))
             await judging
         finally:
             for task in (judging, generating):
                 task.cancel()
             await asyncio.gather(judging, generating, return_exceptions=True)
+            if stage.progress is not None:
+                stage.progress.close()
 
     def _guard_settings(self, history: list[dict[str, Any]]) -> None:
         cfg = self.config

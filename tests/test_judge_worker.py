@@ -87,3 +87,51 @@ def test_killing_the_run_leaves_no_judging_process_behind(tmp_path: Path) -> Non
         result = run_cli(*generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
         assert result.returncode == 0, result.stderr
         assert_valid_dataset(out, 400, server)
+
+
+def _pool_checks(tmp_path: Path, *, torn_last_line: bool) -> None:
+    import asyncio
+
+    from fake_openai import format_tasks
+    from selfinstruct.filters import FilterConfig
+    from selfinstruct.judge import Accept, Reject
+    from selfinstruct.judge_worker import JudgeWorker
+    from selfinstruct.records import AcceptedTask
+    from selfinstruct.seeds import load_seed_tasks
+
+    tasks = [
+        AcceptedTask(id=f"task-{n:06d}", instruction=f"Describe the history of lighthouse number {n} on the northern coast",
+                     input="", output="A story.", request=n)  # fmt: skip
+        for n in range(30)
+    ]
+    path = tmp_path / "instructions.jsonl"
+    data = "".join(json.dumps(t.to_json()) + "\n" for t in tasks)
+    path.write_text(data[:-1] if torn_last_line else data)  # the store keeps a complete last record
+
+    async def go() -> list:
+        worker = JudgeWorker()
+        worker.launch(filters=FilterConfig(), threshold=0.7, tokenizer="rouge", seeds=load_seed_tasks(), accepted_file=str(path))
+        try:
+            await worker.start(tasks, next_task_number=30, room=5)
+            answer = format_tasks([
+                (tasks[-1].instruction, "", "A copy of the last task."),
+                ("Plan a week of vegetarian dinners for a family of four on a small budget", "", "Monday: lentils."),
+            ])  # fmt: skip
+            verdict = await worker.judge(answer, finish_reason="stop", continuation_number=None)
+            return verdict.decisions
+        finally:
+            await worker.close()
+
+    copy, fresh = asyncio.run(go())
+    assert isinstance(copy, Reject) and copy.reason == "near_duplicate" and copy.nearest_id == tasks[-1].id
+    assert isinstance(fresh, Accept) and fresh.id == "task-000030"
+
+
+def test_the_worker_reads_the_pool_itself_and_numbers_on(tmp_path: Path) -> None:
+    _pool_checks(tmp_path, torn_last_line=False)
+
+
+def test_a_pool_that_differs_from_the_store_is_sent_whole(tmp_path: Path) -> None:
+    # The child skips a last line without its newline; the store keeps it: the counts differ,
+    # and the worker is given the store's pool instead, so the last task still counts.
+    _pool_checks(tmp_path, torn_last_line=True)

@@ -1,0 +1,144 @@
+"""Resuming a big run: seconds from `selfinstruct generate` to its first new request, and memory.
+
+A run directory of N accepted tasks (instruction-like text from `instruction_text.py`) is written
+once; each measurement gets a fresh copy, starts the real CLI against a loopback fake server, and
+records the time until the server sees the first completion request, and the peak resident memory
+of the whole process tree (the CLI and, when used, its judging process) until then, sampled every
+20 ms. Then the run is stopped with SIGTERM.
+
+Columns: "before" is the code of a git revision (default: the one before judging moved to its
+own process), "after" the working tree, "after, in-process" the working tree with
+`--filter-process no`. All in one invocation on one machine.
+
+Run:  python benchmarks/bench_resume.py [--sizes 200k,1M] [--before REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
+
+from fake_openai import FakeOpenAI, Reply  # noqa: E402
+from instruction_text import InstructionSource  # noqa: E402
+
+from selfinstruct.records import AcceptedTask  # noqa: E402
+from selfinstruct.store import RunStore  # noqa: E402
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if factor > 1 else text) * factor)
+
+
+def write_run(directory: Path, size: int) -> None:
+    source = InstructionSource(seed=5)
+    with RunStore(directory) as store:
+        batch: list[AcceptedTask] = []
+        for n in range(size):
+            text = source.fresh()
+            batch.append(AcceptedTask(id=f"task-{n:06d}", instruction=text, input="", output=f"Answer {n}.", request=n // 20))
+            if len(batch) == 10_000:
+                store.commit(None, batch)
+                batch = []
+        if batch:
+            store.commit(None, batch)
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(proc.name))
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss[int(proc.name)] = int(line.split()[1])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total / 1024
+
+
+def measure(template: Path, size: int, code: Path, extra: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        shutil.copytree(template, run)
+        first = threading.Event()
+
+        def handler(ctx: object) -> Reply:
+            first.set()
+            return Reply.default(count=10)
+
+        with FakeOpenAI() as server:
+            server.set_handler(handler)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+            env["PYTHONPATH"] = str(code)
+            args = [sys.executable, "-m", "selfinstruct", "generate", "-o", str(run), "-n", str(size + 1000),
+                    "--base-url", server.base_url, "--seed", "1", "-q", "--concurrency", "1", *extra]  # fmt: skip
+            start = time.monotonic()
+            proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
+            peak = 0.0
+            while not first.is_set() and proc.poll() is None:
+                peak = max(peak, tree_rss_mb(proc.pid))
+                first.wait(0.02)
+            seconds = time.monotonic() - start
+            peak = max(peak, tree_rss_mb(proc.pid))
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=120)
+            if not first.is_set():
+                raise RuntimeError(f"no request was sent: {stderr.decode()[-500:]}")
+    return {"seconds": seconds, "rss_mb": peak}
+
+
+def code_at(rev: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "selfinstruct"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="200k", help="comma list of run sizes, e.g. 200k,1M")
+    parser.add_argument("--before", default="05182f6^", help="git revision for the before column")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        before = code_at(args.before, Path(tmp) / "before")
+        columns = [("before", before, []), ("after", REPO, []), ("after, in-process", REPO, ["--filter-process", "no"])]
+        print(f"{'tasks':>9}  {'column':<20} {'to first request':>17} {'peak RSS (tree)':>16}")
+        for size in (parse_size(s) for s in args.sizes.split(",")):
+            template = Path(tmp) / f"run-{size}"
+            started = time.monotonic()
+            write_run(template, size)
+            print(f"# wrote {size:,} tasks in {time.monotonic() - started:.0f} s", file=sys.stderr)
+            for name, code, extra in columns:
+                if name == "after, in-process" and size > 200_000:
+                    continue  # the same index in one process: the before column shows its cost
+                result = measure(template, size, code, extra)
+                print(f"{size:>9,}  {name:<20} {result['seconds']:>15.1f} s {result['rss_mb']:>13.0f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
