@@ -428,7 +428,7 @@ class _JudgeSession:
                     warn_if_self_judging(stage.pool.model or "", {a.model for a in store.accepted} | {t.model for t in store.tasks.values()})
                     stage.feed(items)
                     stage.close()
-                    if cfg.progress:
+                    if cfg.progress and stage.pending:
                         from .engine import Progress
 
                         progress = stage.progress = Progress(True, len(stage.judged) + stage.pending, len(stage.judged))

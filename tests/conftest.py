@@ -139,9 +139,23 @@ def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, deadline: flo
     raise AssertionError(f"{path} did not reach {count} lines")
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_processes() -> Iterator[None]:
+    """A test that fails (or times out) half-way must not leave its `selfinstruct` running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "selfinstruct", *args],
         cwd=REPO,
         env=env,
@@ -149,6 +163,8 @@ def spawn(args: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+    _SPAWNED.append(proc)
+    return proc
 
 
 def one_error_line(stderr: str) -> str:
