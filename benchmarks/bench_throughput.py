@@ -21,7 +21,7 @@ the request latency the client saw (from requests.jsonl).
 The machine matters: with 2 cores, the fake servers and this process share them, so rows 3 and 4
 are bounded by the fake's own CPU as much as by ours (it answers ~800 requests/s on one core).
 
-Run:  python benchmarks/bench_throughput.py [--seconds 30] [--batch-seconds 150] [--only after]
+Run:  python benchmarks/bench_throughput.py [--seconds 30] [--batch-seconds 150] [--only after] [--before REV]
 """
 
 from __future__ import annotations
@@ -247,9 +247,9 @@ ROWS = {"saturation": row_saturation, "batching": row_batching, "judged": row_ju
 # -- driver ------------------------------------------------------------------------------------
 
 
-def _head_tree(into: Path) -> Path:
-    """The package as committed at HEAD, for the "before" column."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "selfinstruct"], check=True, capture_output=True).stdout
+def _head_tree(into: Path, rev: str = "HEAD") -> Path:
+    """The package as committed at ``rev``, for the "before" column."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "selfinstruct"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the saturation and judged runs")
     parser.add_argument("--batch-seconds", type=float, default=150.0, help="length of the continuous-batching run")
     parser.add_argument("--only", choices=["before", "after"], default=None)
+    parser.add_argument("--before", default="HEAD", metavar="REV", help="git revision for the before column (default HEAD)")
     parser.add_argument("--rows", default="sat1,sat3,batching,judged,cpu")
     parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--servers", type=int, default=1, help=argparse.SUPPRESS)
@@ -295,7 +296,7 @@ def main() -> None:
         "cpu": ("cpu", []),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        codes = {"before": _head_tree(Path(tmp)), "after": REPO}
+        codes = {"before": _head_tree(Path(tmp), args.before), "after": REPO}
         columns = [args.only] if args.only else ["before", "after"]
         results: dict[str, dict[str, dict[str, Any]]] = {}
         for name in args.rows.split(","):
