@@ -18,6 +18,7 @@ the problem and the fix; the CLI prints that one line and exits non-zero::
 from __future__ import annotations
 
 __all__ = [
+    "error_text",
     "AuthError",
     "BadRequest",
     "ClientError",
@@ -33,6 +34,11 @@ __all__ = [
 
 class SelfInstructError(Exception):
     """Base class: the message is shown to the user as it is."""
+
+
+def error_text(exc: BaseException) -> str:
+    """What run.json records of the error that ended a session: ours as written, others with their type."""
+    return str(exc) if isinstance(exc, SelfInstructError) else f"{type(exc).__name__}: {exc}"
 
 
 class ConfigError(SelfInstructError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import JudgeConfig
-from .errors import SelfInstructError
+from .errors import SelfInstructError, error_text
 from .llm import Completion, EndpointPool, GenerationRequest, RequestFailed, redact_url
 from .records import AcceptedTask, Judgment, SelfInstructTask, Status
 from .rubric import JUDGE_PROMPT_VERSION, Rubric, Unreadable, judgment_schema, load_rubric, read_verdict
@@ -439,7 +439,7 @@ class _JudgeSession:
                     raise
                 except BaseException as exc:
                     self.status = "failed"
-                    self.error = str(exc) if isinstance(exc, SelfInstructError) else f"{type(exc).__name__}: {exc}"
+                    self.error = error_text(exc)
                     raise
                 finally:
                     if progress is not None:

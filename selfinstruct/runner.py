@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from . import __version__
 from .config import RunConfig, describe_change
-from .errors import ConfigError, SeedError, SelfInstructError
+from .errors import ConfigError, SeedError, SelfInstructError, error_text
 from .records import Counters, SeedTask, Status
 from .store import RunStore, now_utc, settings_fingerprint, without_gc
 
@@ -257,7 +257,7 @@ class _Session:
                 raise
             except BaseException as exc:
                 self.status = "failed"
-                self.error = str(exc) if isinstance(exc, SelfInstructError) else f"{type(exc).__name__}: {exc}"
+                self.error = error_text(exc)
                 raise
             finally:
                 self._save_quietly()

@@ -806,11 +806,14 @@ class RunStore:
             return fingerprint
         if not history or history[-1]["fingerprint"] != fingerprint:
             history.append({"fingerprint": fingerprint, "since": now_utc(), "settings": settings})
-        try:
-            _write_json_atomically(self.path(SETTINGS_FILE), {"schema": SCHEMA_VERSION, "history": history})
-        except OSError as exc:
-            raise os_error(exc, self.path(SETTINGS_FILE), "write") from exc
+        self._write_history(SETTINGS_FILE, "history", history)
         return fingerprint
+
+    def _write_history(self, name: str, key: str, history: list[dict[str, Any]]) -> None:
+        try:
+            _write_json_atomically(self.path(name), {"schema": SCHEMA_VERSION, key: history})
+        except OSError as exc:
+            raise os_error(exc, self.path(name), "write") from exc
 
     def judges(self) -> list[dict[str, Any]]:
         """Every judge this run was judged with, oldest first."""
@@ -823,10 +826,7 @@ class RunStore:
         if any(h["fingerprint"] == fingerprint for h in history):
             return fingerprint
         history.append({"fingerprint": fingerprint, "since": now_utc(), "settings": settings})
-        try:
-            _write_json_atomically(self.path(JUDGES_FILE), {"schema": SCHEMA_VERSION, "judges": history})
-        except OSError as exc:
-            raise os_error(exc, self.path(JUDGES_FILE), "write") from exc
+        self._write_history(JUDGES_FILE, "judges", history)
         return fingerprint
 
     def fingerprints_on_disk(self) -> set[str]:
