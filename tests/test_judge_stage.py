@@ -335,3 +335,24 @@ def test_calibrate_compares_the_judge_with_human_labels(tmp_path: Path, fake_ser
     assert readable.returncode == 0 and "kappa" in readable.stdout.lower()
     missing = run_cli("calibrate", str(out))
     assert missing.returncode == 1 and "flags.jsonl" in one_error_line(missing.stderr)
+
+
+def test_generate_with_judge_killed_then_resumed_judges_the_backlog_once(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with FakeOpenAI(latency=0.02) as writer, FakeOpenAI(models=("judge-model",), latency=0.05, capacity=1) as reviewer:
+        reviewer.set_handler(judge_handler())
+        args = generate_args(out, writer, 60, "--concurrency", "2", "--judge", "--judge-base-url", reviewer.base_url)
+        proc = spawn(args)
+        wait_for_lines(out / "instructions.jsonl", 25, proc)  # the judge, one slot, lags behind
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        accepted = len(lines(out / "instructions.jsonl"))
+        assert len(judged_lines(out)) < accepted  # a backlog was left
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+    by_id = {r["id"]: r for r in lines(out / "instructions.jsonl")}
+    judged = judged_lines(out)
+    assert len(by_id) == 60
+    assert Counter(r["task_id"] for r in judged) == Counter(list(by_id))  # each task exactly once
+    for record in judged:
+        assert record["overall"] == expected(by_id[record["task_id"]]["instruction"])["overall"]
