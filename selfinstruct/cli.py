@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import default
+from .config import EMBEDDED_JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS, JudgeConfig, default
 from .errors import SelfInstructError
 from .filters import DEFAULT_BLACKLIST, FILTER_NAMES, FilterConfig
 
@@ -171,9 +171,12 @@ def _add_judge_options(group: Any, prefix: str = "") -> None:
         f"--{prefix}concurrency", type=_concurrency, default=None, metavar="K|auto", dest="judge_concurrency",
         help="judge requests in flight per endpoint (default auto)",
     )  # fmt: skip
-    group.add_argument(f"--{prefix}max-tokens", type=int, dest="judge_max_tokens", help="tokens per judge answer (default 512; 320 on the embedded model)")
     group.add_argument(
-        f"--{prefix}attempts", type=int, default=2, dest="judge_attempts",
+        f"--{prefix}max-tokens", type=int, dest="judge_max_tokens",
+        help=f"tokens per judge answer (default {JUDGE_MAX_TOKENS}; {EMBEDDED_JUDGE_MAX_TOKENS} on the embedded model)",
+    )  # fmt: skip
+    group.add_argument(
+        f"--{prefix}attempts", type=int, default=default("attempts_per_task", JudgeConfig), dest="judge_attempts",
         help="tries per task in a session when the answer cannot be read (default %(default)s); it stays unjudged, never scored",
     )  # fmt: skip
 

@@ -316,11 +316,11 @@ class JudgeConfig:
         if problems:
             raise ConfigError("; ".join(problems))
 
-    @property
-    def answer_tokens(self) -> int:
-        return self.max_tokens or (EMBEDDED_JUDGE_MAX_TOKENS if not self.base_urls else JUDGE_MAX_TOKENS)
+    def answer_tokens(self, embedded: bool) -> int:
+        """``embedded``: the judge talks to the embedded model (its own, or the generator's under ``--judge``)."""
+        return self.max_tokens or (EMBEDDED_JUDGE_MAX_TOKENS if embedded else JUDGE_MAX_TOKENS)
 
-    def judge_settings(self, model: str, *, rubric: str, prompt_version: str) -> dict[str, Any]:
+    def judge_settings(self, model: str, *, rubric: str, prompt_version: str, max_tokens: int) -> dict[str, Any]:
         """What defines a judgment: a change makes a new judge fingerprint, never an overwrite."""
         return {
             "model": model,
@@ -328,13 +328,13 @@ class JudgeConfig:
             "prompt_version": prompt_version,
             "api": self.api,
             "temperature": 0.0,
-            "max_tokens": self.answer_tokens,
+            "max_tokens": max_tokens,
         }
 
 
-def default(name: str) -> Any:
-    """The default of a RunConfig field (for the CLI's help and argparse defaults)."""
-    f = RunConfig.__dataclass_fields__[name]
+def default(name: str, of: type = RunConfig) -> Any:
+    """The default of a RunConfig (or JudgeConfig) field, for the CLI's help and argparse defaults."""
+    f = of.__dataclass_fields__[name]  # type: ignore[attr-defined]
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:

@@ -24,6 +24,7 @@ from .errors import SelfInstructError, error_text
 from .llm import Completion, EndpointPool, GenerationRequest, RequestFailed, redact_url
 from .records import AcceptedTask, Judgment, SelfInstructTask, Status
 from .rubric import JUDGE_PROMPT_VERSION, Rubric, Unreadable, judgment_schema, load_rubric, read_verdict
+from .local import model_server
 from .store import RunStore, now_utc
 
 __all__ = ["JudgeItem", "JudgeStage", "JudgeSummary", "UnreadableJudge", "judge_tasks", "run_judge"]
@@ -145,7 +146,8 @@ class JudgeStage:
         self.progress = progress
         mine = [j for j in store.judgments if j.judge == fingerprint]
         self.judged: set[tuple[str, int | None]] = {j.key for j in mine if j.status == "judged"}
-        self.tried: set[tuple[str, int | None]] = {j.key for j in mine}
+        self.tried: set[tuple[str, int | None]] = {j.key for j in mine}  # holds every judged key too
+        self._tokens = [sum(j.prompt_tokens for j in mine), sum(j.completion_tokens for j in mine)]
         self.judged_now = 0
         self._queue: collections.deque[JudgeItem] = collections.deque()
         self._queued: set[tuple[str, int | None]] = set()
@@ -301,11 +303,25 @@ class JudgeStage:
         self.judged.add(item.key)
         self.judged_now += 1
         if self.progress is not None:
-            self.progress.update(1, f"unjudged {len(self.tried - self.judged)}")
+            self.progress.update(1, f"unjudged {self.unjudged}")
+
+    @property
+    def unjudged(self) -> int:
+        """Tasks tried under this judge that have no verdict yet."""
+        return len(self.tried) - len(self.judged)
+
+    def show_progress(self) -> None:
+        """A bar over what is judged and what is still to come (when anything is)."""
+        if self.pending and self.progress is None:
+            from .engine import Progress
+
+            self.progress = Progress(True, len(self.judged) + self.pending, len(self.judged))
 
     def _commit(self, record: Judgment) -> None:
         self.store.commit(None, judgments=[record])
         self.tried.add(record.key)
+        self._tokens[0] += record.prompt_tokens
+        self._tokens[1] += record.completion_tokens
 
     def _count_unreadable(self, error: str, text: str) -> None:
         self._unreadable_streak += 1
@@ -320,20 +336,15 @@ class JudgeStage:
 
     def totals(self) -> dict[str, Any]:
         """The judge's part of run.json: counts and tokens under this fingerprint, all sessions."""
-        prompt = completion = 0
-        for j in self.store.judgments:
-            if j.judge == self.fingerprint:
-                prompt += j.prompt_tokens
-                completion += j.completion_tokens
         return {
             "fingerprint": self.fingerprint,
             "model": self.pool.model,
             "endpoints": [redact_url(u) for u in self.pool.urls],
             "structured": self.structured,
             "judged": len(self.judged),
-            "unjudged": len(self.tried - self.judged),
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
+            "unjudged": self.unjudged,
+            "prompt_tokens": self._tokens[0],
+            "completion_tokens": self._tokens[1],
             "updated": now_utc(),
         }
 
@@ -360,9 +371,9 @@ async def open_stage(
     except BaseException:
         await pool.aclose()
         raise
-    max_tokens = config.max_tokens or (320 if embedded else 512)
-    settings = replace(config, max_tokens=max_tokens).judge_settings(
-        model, rubric=rubric.fingerprint(), prompt_version=JUDGE_PROMPT_VERSION
+    max_tokens = config.answer_tokens(embedded)
+    settings = config.judge_settings(
+        model, rubric=rubric.fingerprint(), prompt_version=JUDGE_PROMPT_VERSION, max_tokens=max_tokens
     )
     settings["rubric_text"] = {"system": rubric.system, "template": rubric.template}
     fingerprint = store.record_judge(settings)
@@ -421,17 +432,14 @@ class _JudgeSession:
                 log.warning(notice)
             items = items_of(store.accepted, store.tasks.values(), self_instruct=is_self_instruct(store))
             self.total = len(items)
-            async with _judge_server(cfg) as (urls, embedded):
-                progress = None
+            async with model_server(cfg.base_urls, cfg.model_path, cfg.output_dir) as urls:
                 try:
-                    stage = self.stage = await open_stage(cfg, store, urls, embedded=embedded)
+                    stage = self.stage = await open_stage(cfg, store, urls, embedded=not cfg.base_urls)
                     warn_if_self_judging(stage.pool.model or "", {a.model for a in store.accepted} | {t.model for t in store.tasks.values()})
                     stage.feed(items)
                     stage.close()
-                    if cfg.progress and stage.pending:
-                        from .engine import Progress
-
-                        progress = stage.progress = Progress(True, len(stage.judged) + stage.pending, len(stage.judged))
+                    if cfg.progress:
+                        stage.show_progress()
                     await stage.run()
                     self.status = "done"
                 except asyncio.CancelledError:
@@ -442,39 +450,14 @@ class _JudgeSession:
                     self.error = error_text(exc)
                     raise
                 finally:
-                    if progress is not None:
-                        progress.close()
+                    if self.stage is not None and self.stage.progress is not None:
+                        self.stage.progress.close()
                     self.save()
                     if self.stage is not None:
                         await self.stage.pool.aclose()
             return self.summary()
         finally:
             store.close()
-
-
-class _judge_server:
-    """The judge's endpoints: the given URLs, else the embedded model started for the session."""
-
-    def __init__(self, config: JudgeConfig) -> None:
-        self.config = config
-        self.server: Any = None
-
-    async def __aenter__(self) -> tuple[tuple[str, ...], bool]:
-        if self.config.base_urls:
-            return self.config.base_urls, False
-        from .local import EmbeddedServer
-
-        self.server = EmbeddedServer(self.config.model_path, log_path=self.config.output_dir / "embedded-server.log")
-        try:
-            await self.server.astart()
-        except BaseException:
-            self.server.stop()
-            raise
-        return (self.server.base_url,), True
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.server is not None:
-            self.server.stop()
 
 
 async def run_judge(config: JudgeConfig, *, stop: asyncio.Event | None = None) -> JudgeSummary:

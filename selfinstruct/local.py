@@ -28,6 +28,7 @@ one request at a time, reports request validation errors as HTTP 500, and treats
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -42,11 +43,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 
 from selfinstruct.errors import ConfigError, ServerUnreachable
 
-__all__ = ["DEFAULT_MODEL_FILE", "EmbeddedServer", "find_default_model"]
+__all__ = ["DEFAULT_MODEL_FILE", "EmbeddedServer", "find_default_model", "model_server"]
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -504,3 +505,19 @@ class EmbeddedServer:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@contextlib.asynccontextmanager
+async def model_server(
+    base_urls: tuple[str, ...], model_path: Path | None, output_dir: Path
+) -> AsyncIterator[tuple[str, ...]]:
+    """The given endpoints, or (none given) the embedded server, started here and stopped after."""
+    if base_urls:
+        yield base_urls
+        return
+    server = EmbeddedServer(model_path, log_path=output_dir / "embedded-server.log")
+    try:
+        await server.astart()
+        yield (server.base_url,)
+    finally:
+        server.stop()

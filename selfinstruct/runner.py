@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -25,6 +25,7 @@ from . import __version__
 from .config import RunConfig, describe_change
 from .errors import ConfigError, SeedError, SelfInstructError, error_text
 from .records import Counters, SeedTask, Status
+from .local import model_server
 from .store import RunStore, now_utc, settings_fingerprint, without_gc
 
 __all__ = ["RunSummary", "generate", "run_generation"]
@@ -249,7 +250,7 @@ class _Session:
                 self._save_quietly("done")
                 return self.summary()
             try:
-                async with self._server() as base_urls:
+                async with model_server(cfg.base_urls, cfg.model_path, cfg.output_dir) as base_urls:
                     await self._generate(seeds, seeds_hash, base_urls)
                 self.status = "done"
             except asyncio.CancelledError:
@@ -294,20 +295,6 @@ class _Session:
             self.save(status)
         except SelfInstructError as exc:
             log.warning(f"could not update run.json: {exc}")
-
-    @contextlib.asynccontextmanager
-    async def _server(self) -> AsyncIterator[tuple[str, ...]]:
-        if self.config.base_urls:
-            yield self.config.base_urls
-            return
-        from .local import EmbeddedServer
-
-        server = EmbeddedServer(self.config.model_path, log_path=self.config.output_dir / "embedded-server.log")
-        try:
-            await server.astart()
-            yield (server.base_url,)
-        finally:
-            server.stop()
 
     async def _generate(self, seeds: list[SeedTask], seeds_hash: str, base_urls: tuple[str, ...]) -> None:
         from .engine import Engine, Progress
@@ -401,9 +388,7 @@ class _Session:
             if stage.pending:
                 log.info("generation is done; the judge has %d tasks left to review", stage.pending)
                 if cfg.progress:
-                    from .engine import Progress
-
-                    stage.progress = Progress(True, len(stage.judged) + stage.pending, len(stage.judged))
+                    stage.show_progress()
             await judging
         finally:
             for task in (judging, generating):
