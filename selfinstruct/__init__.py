@@ -81,7 +81,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .calibration import calibrate
+    from .config import JudgeConfig, RunConfig
     from .errors import (
         AuthError,
         BadRequest,
@@ -94,13 +95,14 @@ if TYPE_CHECKING:
         ServerUnreachable,
         StoreError,
     )
-    from .export import EXPORT_FORMATS, export_dataset
+    from .export import EXPORT_FORMATS, JudgeFilter, export_dataset
     from .filters import DEFAULT_BLACKLIST, FilterConfig, check_candidate
     from .judge import Judge
+    from .judging import JudgeSummary, judge_tasks, run_judge
     from .local import EmbeddedServer
-    from .records import AcceptedTask, Candidate, Counters, Rejection, RequestRecord, SeedTask
+    from .records import AcceptedTask, Candidate, Counters, Judgment, Rejection, RequestRecord, SeedTask
     from .runner import RunSummary, generate, run_generation
     from .seeds import SeedReport, check_seeds, load_seed_tasks
     from .similarity import RougeLIndex
     from .stats import compute_stats, format_stats, plot_stats
-    from .store import RunStore, read_accepted, read_accepted_records
+    from .store import RunStore, read_accepted, read_accepted_records, read_judgments

@@ -162,15 +162,13 @@ class Engine:
             self._outstanding += 1  # until its verdict is committed: it may still bring tasks
             try:
                 result = await self.pool.generate(request)
+                verdict = None
                 if isinstance(self.judge, JudgeWorker) and isinstance(result, Completion):
-                    # Judged on the worker's core; committed here as it arrives (the worker keeps the order).
-                    continuation = first_number if self.config.api == "completions" else None
+                    # Judged on the worker's core; committed as it arrives (the worker keeps the order).
                     verdict = await self.judge.judge(
-                        result.text, finish_reason=result.finish_reason, continuation_number=continuation
+                        result.text, finish_reason=result.finish_reason, continuation_number=self._continuation(first_number)
                     )
-                    self._after_commit(len(self._commit_verdict(number, result, verdict)))
-                else:
-                    self.apply(number, first_number, result)
+                self.apply(number, first_number, result, verdict)
             finally:
                 self._outstanding -= 1
                 self._answered.set()
@@ -217,20 +215,27 @@ class Engine:
 
     # -- answers --------------------------------------------------------------------------------
 
-    def apply(self, number: int, first_number: int, result: Completion | RequestFailed) -> None:
-        """Judge one answer and commit its records. Synchronous: nothing interleaves."""
+    def _continuation(self, first_number: int) -> int | None:
+        """The number a completions answer goes on from (a chat answer numbers its own list)."""
+        return first_number if self.config.api == "completions" else None
+
+    def apply(
+        self, number: int, first_number: int, result: Completion | RequestFailed, verdict: Verdict | None = None
+    ) -> None:
+        """Judge one answer (unless the judging process already did: ``verdict``) and commit its
+        records. Synchronous: nothing interleaves."""
         if isinstance(result, RequestFailed):
             self._commit_failure(number, result)
             self._after_commit(0)
             return
-        assert isinstance(self.judge, Judge), "answers for the judging process go through _worker"
-        continuation = first_number if self.config.api == "completions" else None
-        verdict = self.judge.judge(
-            result.text,
-            finish_reason=result.finish_reason,
-            continuation_number=continuation,
-            room=max(0, self.target - len(self.store.accepted)),
-        )
+        if verdict is None:
+            assert isinstance(self.judge, Judge), "the judging process's verdicts come with the answer"
+            verdict = self.judge.judge(
+                result.text,
+                finish_reason=result.finish_reason,
+                continuation_number=self._continuation(first_number),
+                room=max(0, self.target - len(self.store.accepted)),
+            )
         accepted = self._commit_verdict(number, result, verdict)
         self._after_commit(len(accepted))
 

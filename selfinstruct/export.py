@@ -128,26 +128,23 @@ class JudgeFilter:
 
     def verdicts(self, out_dir: Path) -> dict[tuple[str, int | None], Judgment]:
         """The judged record per task under the chosen judge (the first, should there be more)."""
+        from .stats import first_verdicts, judge_order
+
         judgments = read_judgments(out_dir)
-        used = {j.judge for j in judgments if j.status == "judged"}
-        if not used:
+        # Judges with at least one verdict, the current one first (as `selfinstruct stats` shows them).
+        order = judge_order([j for j in judgments if j.status == "judged"], read_judges(out_dir))
+        if not order:
             raise ConfigError(f"{out_dir} has no judgments; run `selfinstruct judge {out_dir}` first")
+        chosen = order[0]
         if self.judge is not None:
-            matches = sorted(f for f in used if f.startswith(self.judge))
+            matches = sorted(f for f in order if f.startswith(self.judge))
             if len(matches) != 1:
                 raise ConfigError(
-                    f"--judge {self.judge} matches {len(matches)} of the judges here ({', '.join(sorted(used))}); "
+                    f"--judge {self.judge} matches {len(matches)} of the judges here ({', '.join(sorted(order))}); "
                     "give one fingerprint (see `selfinstruct stats`)"
                 )
             chosen = matches[0]
-        else:
-            order = [h["fingerprint"] for h in read_judges(out_dir) if h["fingerprint"] in used]
-            chosen = order[-1] if order else next(j.judge for j in reversed(judgments) if j.status == "judged")
-        verdicts: dict[tuple[str, int | None], Judgment] = {}
-        for j in judgments:
-            if j.judge == chosen and j.status == "judged":
-                verdicts.setdefault(j.key, j)
-        return verdicts
+        return first_verdicts(judgments, chosen)
 
 
 Verdicts = dict[tuple[str, int | None], Judgment]

@@ -111,7 +111,6 @@ class JudgeWorker:
         self._sequence = 0
         self._dead: JudgeWorkerDied | None = None
         self._closing = False
-        self._threads: list[threading.Thread] = []
         self._setup: asyncio.Future[Any] | None = None
 
     def launch(
@@ -123,14 +122,10 @@ class JudgeWorker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "selfinstruct.judge_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )  # fmt: skip
-        self._threads = [
-            threading.Thread(target=self._write_loop, name="judge-worker-send", daemon=True),
-            threading.Thread(target=self._read_loop, name="judge-worker-receive", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        threading.Thread(target=self._write_loop, name="judge-worker-send", daemon=True).start()
+        threading.Thread(target=self._read_loop, name="judge-worker-receive", daemon=True).start()
         self._setup = self._call(_Setup(filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds), accepted_file=accepted_file))
 
     async def start(self, accepted: Sequence[AcceptedTask], *, next_task_number: int, room: int) -> None:

@@ -186,9 +186,8 @@ class SelfInstructEngine(Engine):
             self._commit_failure(number, result, stage="instruction")
             self._after_commit(0)
             return
-        continuation = first_number if self.config.api == "completions" else None
         candidates, cut = parse_instruction_list(
-            result.text, continuation_number=continuation, finish_reason=result.finish_reason
+            result.text, continuation_number=self._continuation(first_number), finish_reason=result.finish_reason
         )
         assert isinstance(self.judge, Judge), "self-instruct judges on the event loop"
         verdict = self.judge.judge_candidates(candidates, max(0, self.target - len(self.store.accepted)))
