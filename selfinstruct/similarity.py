@@ -1,11 +1,16 @@
 """Exact ROUGE-L near-duplicate search over a growing pool of instructions.
 
 Self-Instruct keeps a new instruction only if its ROUGE-L F-measure against every instruction
-already in the pool stays below a threshold (0.7). Scoring the candidate against the whole pool
-with ``rouge_score`` costs tens of microseconds per pair in pure Python, i.e. seconds per
-candidate at 50k instructions. :class:`RougeLIndex` returns the *same* maximum, bit for bit, in
-well under a millisecond by proving that almost all of the pool cannot beat the best match found
-so far, and computing the longest common subsequence (LCS) only for the rest.
+already in the pool stays at or below a threshold (0.7). Scoring the candidate against the whole
+pool with ``rouge_score`` costs tens of microseconds per pair in pure Python, i.e. seconds per
+candidate at 50k instructions. :class:`RougeLIndex` gives the *same* answers, bit for bit, by
+proving that almost all of the pool cannot matter and computing the longest common subsequence
+(LCS) only for the rest. Two questions are answered:
+
+* :meth:`RougeLIndex.first_above` / :meth:`RougeLIndex.max_above` /
+  :meth:`RougeLIndex.decide` -- "does any text score above ``t``?" (the accept/reject decision;
+  ``max_above`` also returns the exact nearest of a near-duplicate, ``decide`` that of any text);
+* :meth:`RougeLIndex.nearest` -- "which text scores highest?" (recorded with accepted tasks).
 
 Score
     Texts are tokenized (``"rouge"``: exactly ``rouge_score``'s tokenizer; ``"unicode"``: see
@@ -17,42 +22,94 @@ Score
     bit for bit (``2 * x`` is exact, so ``(2p)r == (2r)p``), so which text is the "target" does
     not matter. Mathematically ``f == 2l / (m + n)``, which is increasing in ``l``.
 
-Bound
+Keys and overlap
     An LCS can only use tokens both texts contain, so ``l <= ov <= min(m, n)`` where ``ov`` is the
-    size of the multiset intersection of the two token lists, hence ``f <= 2 ov / (m + n)``. To
-    count ``ov`` with plain postings, each token occurrence is turned into a *key*
-    ``(token, k)`` -- "the k-th occurrence of this token" -- so ``"a b a"`` has the keys
-    ``(a,1) (b,1) (a,2)`` and ``ov`` is simply the number of shared keys. Every key has a posting
-    array of the ids of the texts holding it (amortised O(1) append, capacity doubling, so
-    ``add`` never rebuilds anything).
+    size of the multiset intersection of the two token lists. Each token occurrence is turned
+    into a *key* ``(token, k)`` -- "the k-th occurrence of this token" -- so ``"a b a"`` has the
+    keys ``(a,1) (b,1) (a,2)``, every text is a *set* of keys and ``ov`` is the number of shared
+    keys. The first occurrence's key id is the token id.
 
-Pruning order (``nearest``)
+The decision (``first_above``): prefix filtering, exact thresholds, early exit
+    1. *Exact minimal LCS per length.* For the query's ``n`` and each pool length ``m``,
+       ``need[m]`` is the smallest ``l <= min(m, n)`` whose float ``f`` is ``> t`` (found by
+       evaluating the float formula itself around ``t (m + n) / 2``; the float ``f`` is strictly
+       increasing in ``l`` because consecutive values differ by ``2 / (m + n)``, far above
+       rounding). Lengths with no such ``l`` are impossible (the length bound: ``m`` must lie
+       within about ``[0.54 n, 1.86 n]`` at ``t = 0.7``). No epsilon is involved: ties at
+       exactly ``t`` are decided by the same float comparison ``rouge_score`` users make, and
+       every later filter compares an upper bound on ``ov`` with ``need[m]`` (integers).
+    2. *Prefix filtering* (AllPairs / PPJoin). Keys are put in one global order, rarest first.
+       If two key sets share ``>= a`` keys, the first ``|x| - a + 1`` keys of ``x`` and the first
+       ``|y| - a + 1`` keys of ``y`` share a key (the shared key with ``a - 1`` shared keys after
+       it lies in both). A pool text of length ``m`` can exceed ``t`` with *some* query only if
+       ``ov >= alpha[m]``, the smallest ``l`` with float ``f(l, n=l, m) > t`` (``n = l`` is the
+       best case: ``f`` falls as ``n`` grows). So each text indexes only its ``m - alpha[m] + 1``
+       rarest keys, and a query probes only its ``K - min(need) + 1`` rarest known keys.
+    3. *Positional filter, inside the index.* If a text's first shared prefix key is the
+       query's ``i``-th and the text's ``j``-th, all shared keys come at or after both, so
+       ``ov <= min(K - i, m - j)``. Index entries are sorted by ``(key, m, j)``, so the entries
+       passing this for ``need[m]`` are contiguous ranges found by binary search: only those
+       are read.
+    4. *Bounds from common-key masks.* The 256 most frequent keys (last in the order) get a bit
+       in a per-text mask (the 64 most frequent also in every index entry). Shared common keys
+       are counted exactly by AND + popcount; shared rare keys are bounded by the hits and the
+       positions (rare keys come first in both orders). A first bound uses the entries alone
+       (no per-text memory is touched), a second the per-text masks, a third (only when many
+       candidates remain) the exact multiset overlap.
+    5. *Verification* with the exact LCS (rapidfuzz's C++ bit-parallel ``LCSseq``; each token is
+       one character of a short str) and the float formula, best bound first, stopping at the
+       first ``f > t``. A dense cluster of hits is seeded: a few texts hit through the rarest
+       key are verified first.
+    The global order is a snapshot of key frequencies; keys first seen later rank as rarest.
+    Any fixed order is correct; the snapshot (and the decision index) is rebuilt when the pool
+    has grown 4x, up to 64k texts, so the order stays close to the real frequencies.
+
+``decide`` and the exact nearest through the decision index
+    For a duplicate, the exact nearest is the best of the verified candidates: every text
+    scoring ``> t`` is among them, so the search goes on past the first hit (cutting
+    candidates bounded below the best so far) and returns the maximum, smallest id on ties.
+    For an accepted text, a few best-bounded texts that could not exceed ``t`` are scored
+    (their best ``b`` is usually the nearest or close), then one exhaustive probe for
+    "``f >= b``" (``f`` above the float just below ``b``): if the maximum is ``>= b``, every text
+    reaching it is a candidate, so the best found is exact. The index is built (on the first
+    ``first_above``/``decide``) for ``min(t, 0.45)``; that probe runs only when ``b >= 0.45``
+    (below it, as for most plain prose, it seldom succeeds and costs more than it saves) and
+    otherwise the full-postings search below takes over, seeded with ``b``.
+    :meth:`RougeLIndex.nearest` goes the same way once the index exists; right after a
+    ``first_above``/``max_above`` of the same text on the same pool that found nothing above
+    ``t`` (the judge's order: decide, add, then ``nearest(text, before=id)``), it starts from
+    that probe's runners-up instead of probing again.
+
+``nearest``: pruning order
     1. The query's keys are sorted from rarest to most common (posting length); ``K`` of them
        occur in the pool, ``n`` is the query's token count.
     2. Prefix rule: with best-so-far ``b``, a text sharing none of the rarest ``K - s`` keys
        shares at most the ``s`` most common ones, so ``f <= 2s / (s + n)``. With the largest
        ``s`` for which that is below ``b``, only the postings of the rarest ``K - s`` keys can
-       lead to a better text; those of the ``s`` common keys (``the``, ``a``, ``of`` ...), the
-       longest ones, are never scanned.
+       lead to a better text; those of the ``s`` common keys are never scanned.
     3. Deepening rounds, while that prefix is still long: count the postings of the rarest keys
        within a budget (x8 per round), score the few texts sharing the most of them, raise ``b``,
-       and recompute ``s``. Near-duplicates share rare words, so ``b`` is usually final here.
-    4. Final round: count the prefix postings per text (``acc``; ``np.unique`` or a dense
-       ``np.bincount``) and keep the texts with ``2 min(acc + s, m) / (m + n) >= b``. While many
-       survive: score the best-bounded few (raising ``b``), then look the survivors up in the
-       next common key's postings (binary search; postings are sorted because ids only grow),
-       which makes their overlap count one key more exact, and filter again.
-    5. The survivors are scored in descending bound order, in growing chunks, with the LCS from
-       rapidfuzz's C++ bit-parallel ``LCSseq`` (each token id is one Unicode character, so a text
-       is a short str); after each chunk ``b`` rises and the tail is cut again.
+       and recompute ``s``.
+    4. Final round: count the prefix postings per text (``acc``) and keep the texts with
+       ``2 min(acc + s, m) / (m + n) >= b``. While many survive: score the best-bounded few,
+       then look the survivors up in the next common key's postings (binary search; postings
+       are sorted because ids only grow) and filter again.
+    5. The survivors are scored in descending bound order, in growing chunks; after each chunk
+       ``b`` rises and the tail is cut again.
+    A text is discarded only when a valid upper bound on its F is below ``b - 1e-9`` while some
+    text really scores ``b``; the floats in the bound are off by a few ulps (~1e-16), which the
+    slack covers many times over. ``b`` never falls, and among equal floats the smallest id wins.
 
-Why exact
-    A text is discarded only when a *valid upper bound* on its F is below ``b - 1e-9`` while
-    some text really scores ``b``. The bound ``2 ov / (m + n)`` is the real-number value of the
-    F formula at ``l = ov``; the floats involved are off by a few ulps (~1e-16), which the 1e-9
-    slack covers many times over (the slack only keeps a few extra texts). ``b`` never falls, so
-    a discarded text cannot even tie the final best: every text that could is scored with the
-    exact formula, and among equal floats the smallest id wins.
+Memory
+    The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
+    postings CSR arrays (``indptr``/``data``) plus a tail
+    of ``array('i')`` per key for the texts added since the last merge (merged with
+    ``np.insert`` once it holds 1/16 of the postings), the decision index three sorted numpy
+    runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
+    text remains: its tokens as a short str, one character each, which rapidfuzz compares
+    directly (about 180 MB at 1M instructions; rebuilding them from the key array for each
+    verification made every LCS 2-3x slower, and nearest() on plain prose slower than before
+    the decision index existed).
 
 Unicode tokenizer
     ``rouge_score`` deletes everything outside ``a-z0-9``, so Chinese, Russian or accented text
@@ -68,8 +125,11 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
+from typing import NamedTuple, cast
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
@@ -77,11 +137,12 @@ from rapidfuzz.process import cdist
 
 from .errors import ConfigError
 
-__all__ = ["TOKENIZERS", "RougeLIndex", "rouge_l", "tokenize"]
+__all__ = ["TOKENIZERS", "Decision", "RougeLIndex", "rouge_l", "tokenize"]
 
 TOKENIZERS: tuple[str, ...] = ("rouge", "unicode")
 
-# Bound slack; see "Why exact" above.
+# Bound slack where a float bound on F is compared with a best F (nearest(), and cutting the
+# candidates of a duplicate once its best is known); the decision itself compares integers.
 _EPS = 1e-9
 # Postings the first deepening round may read (at least the rarest key's); x8 per round.
 _SEED_POSTINGS = 2048
@@ -93,8 +154,50 @@ _SCORE_DIRECTLY = 512
 _PEEK = 64
 # First exact-scoring chunk; later chunks grow 4x.
 _FIRST_CHUNK = 64
-# extend() groups postings in batches of this many texts to bound temporary memory.
+# extend() stores texts in batches of this many before indexing them (bounds temporaries).
 _EXTEND_BATCH = 20_000
+# A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/16 of them).
+_TAIL_MIN = 1 << 16
+# The key order (and with it the decision index) is re-snapshotted when the pool has grown this
+# many times since the last snapshot, once it holds at least _SNAPSHOT_MIN texts, and only up
+# to _SNAPSHOT_MAX texts: a rebuild stalls add() (about 1 s at 64k texts, 20 s at 1M here), and
+# the order of 64k instructions is close enough to that of a million (any order is exact).
+_RESNAPSHOT = 4
+_SNAPSHOT_MIN = 1024
+_SNAPSHOT_MAX = 1 << 16
+# Decision path: candidates verified in the first LCS chunk (then x4), and the count above
+# which the exact-overlap filter runs first (below it the LCS is as cheap).
+_VERIFY_CHUNK = 16
+_OVERLAP_MIN = 32
+# Unsorted prefix entries kept before they are sorted into the index (scanned per query).
+_SMALL_RUN = 2048
+# Composite prefix entries: key << 28 | min(m, _M_CAP) << 18 | min(j, 255) << 10 | rest.
+_M_CAP = 1023
+# decide() finds the nearest of an accepted text through the decision index when it scores at
+# least this much (the index is then built for this threshold: longer prefixes, more memory).
+_NEAREST_FLOOR = 0.45
+# Texts that cannot exceed the threshold but have the best bounds, scored by decide() to start
+# the nearest search of an accepted text from a good bar.
+_RUNNERS_UP = 8
+# Above this many prefix hits, verify up to _SEED_SAMPLE of them before bounding them all.
+_SEED_HITS = 4096
+_SEED_SAMPLE = 32
+# Entries per chunk when building CSR postings (bounds temporaries at 1M texts).
+_BUILD_CHUNK = 1 << 21
+# 64-bit words of the per-text bitmask of the most frequent keys, and how many keys get a bit.
+_COMMON_WORDS = 4
+_N_COMMON = 64 * _COMMON_WORDS
+# "Impossible" in the minimal-LCS tables.
+_BIG = 1 << 30
+
+_EMPTY = np.empty(0, dtype=np.int32)
+_EMPTY_COMP = np.empty(0, dtype=np.int64)
+_EMPTY_TOP = np.empty(0, dtype=np.uint64)
+_ONES = np.ones(_COMMON_WORDS, dtype=np.int64)
+# Token codes as UTF-32 in native byte order: one str character per token (codes of keys are
+# below 2**31, and past the last code point only when the tuple path is on).
+_U4 = np.dtype("=u4")
+_UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
 
 _ROUGE_WORD = re.compile(r"[a-z0-9]+")
 
@@ -185,11 +288,294 @@ def rouge_l(a: str, b: str, tokenizer: str = "rouge") -> float:
     return _fmeasure(lcs, len(tb), len(ta))
 
 
-class RougeLIndex:
-    """Pool of texts answering "which added text has the highest ROUGE-L F with this one?".
 
-    Ids are insertion order from 0. :meth:`nearest` is exact (the float ``rouge_score`` computes,
-    smallest id on ties); see the module docstring for how it avoids scoring the whole pool.
+
+class Decision(NamedTuple):
+    """Verdict of :meth:`RougeLIndex.decide` with the exact nearest text of the pool."""
+
+    duplicate: bool  # some text scores strictly above the threshold
+    score: float  # exact ROUGE-L F of the nearest text (the float rouge_score computes)
+    id: int | None  # nearest text (smallest id on ties); None when no text shares a token
+
+
+class _Vec:
+    """Append-only numpy array with capacity doubling (amortised O(1) appends, no objects)."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self, dtype: type, first: int | None = None) -> None:
+        self.a: np.ndarray = np.zeros(16, dtype=dtype)
+        self.n = 0
+        if first is not None:
+            self.append(first)
+
+    def reserve(self, size: int) -> None:
+        if size > len(self.a):
+            # x1.25: amortised O(1) still, and at most a quarter of a big array unused.
+            new = np.zeros(max(size, len(self.a) + (len(self.a) >> 2) + 16), dtype=self.a.dtype)
+            new[: self.n] = self.a[: self.n]
+            self.a = new
+
+    def append(self, x: int) -> None:
+        if self.n == len(self.a):
+            self.reserve(self.n + 1)
+        self.a[self.n] = x
+        self.n += 1
+
+    def extend(self, xs: np.ndarray | list[int]) -> None:
+        end = self.n + len(xs)
+        self.reserve(end)
+        self.a[self.n : end] = xs
+        self.n = end
+
+
+class _Postings:
+    """Key -> ascending text ids: CSR arrays plus a tail of the texts added since the last merge.
+
+    Ids only grow, so a key's tail ids all follow its CSR ids and ``get`` is always sorted.
+    The tail is one ``array('i')`` per key (4 bytes an entry; ``np.frombuffer`` reads it without
+    a copy); :meth:`merge` moves it into the CSR arrays with one ``np.insert``.
+    """
+
+    __slots__ = ("indptr", "data", "tail", "tail_n")
+
+    def __init__(self) -> None:
+        self.indptr = np.zeros(1, dtype=np.int64)  # covers keys < len(indptr) - 1
+        self.data = _EMPTY
+        self.tail: dict[int, array[int]] = {}
+        self.tail_n = 0
+
+    @classmethod
+    def build(cls, keys: np.ndarray, docs: np.ndarray, n_keys: int) -> _Postings:
+        """From (key, doc) pairs in non-decreasing doc order; chunked to bound temporaries."""
+        self = cls()
+        counts = np.bincount(keys, minlength=n_keys)
+        indptr = np.zeros(n_keys + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        data = np.empty(len(keys), dtype=np.int32)
+        cursor = indptr[:-1].copy()
+        for a in range(0, len(keys), _BUILD_CHUNK):
+            k = keys[a : a + _BUILD_CHUNK]
+            order = np.argsort(k, kind="stable")  # stable: docs stay ascending per key
+            ks = k[order]
+            cut = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+            first = np.concatenate(([0], cut))
+            sizes = np.diff(np.concatenate((first, [len(ks)])))
+            dest = cursor[ks] + (np.arange(len(ks)) - np.repeat(first, sizes))
+            data[dest] = docs[a : a + _BUILD_CHUNK][order]
+            cursor[ks[first]] += sizes
+        self.indptr, self.data = indptr, data
+        return self
+
+    def get(self, key: int) -> np.ndarray:
+        """Ascending ids of the texts holding ``key`` (may be a view: do not modify)."""
+        ip = self.indptr
+        base = self.data[ip[key] : ip[key + 1]] if key + 1 < len(ip) else _EMPTY
+        t = self.tail.get(key)
+        if t is None:
+            return base
+        return np.concatenate((base, np.frombuffer(t, dtype=np.int32)))  # copies: no export kept
+
+    def append(self, key: int, doc: int) -> None:
+        t = self.tail.get(key)
+        if t is None:
+            self.tail[key] = array("i", (doc,))
+        else:
+            t.append(doc)
+        self.tail_n += 1
+
+    def wants_merge(self) -> bool:
+        return self.tail_n > max(_TAIL_MIN, len(self.data) >> 4)
+
+    def merge(self, n_keys: int) -> None:
+        ip = self.indptr
+        if len(ip) < n_keys + 1:
+            ip = np.concatenate((ip, np.full(n_keys + 1 - len(ip), ip[-1], dtype=np.int64)))
+        if self.tail:
+            keys = np.array(sorted(self.tail), dtype=np.int64)
+            klist = keys.tolist()
+            counts = np.array([len(self.tail[k]) for k in klist], dtype=np.int64)
+            values = np.frombuffer(b"".join(self.tail[k].tobytes() for k in klist), np.int32)
+            # Inserting at the end of each key's block keeps every key's ids ascending.
+            self.data = np.insert(self.data, np.repeat(ip[keys + 1], counts), values)
+            grow = np.zeros(n_keys + 1, dtype=np.int64)
+            grow[keys + 1] = counts
+            ip = ip + np.cumsum(grow)
+        self.indptr = ip
+        self.tail = {}
+        self.tail_n = 0
+
+
+class _PrefixIndex:
+    """The prefix keys of every text, sorted by ``key << 28 | m << 18 | j << 10 | rest``.
+
+    ``m`` is the text's token count (capped at _M_CAP), ``j`` the key's position in the text's
+    prefix (capped at 255) and ``rest`` how many of the text's keys are common but not among
+    the 64 most frequent. Sorting by that value groups each key's entries by text length and
+    then by position, so the entries a query can use -- for its key at position ``i``, the
+    lengths ``m`` with ``need[m] <= K - i`` and positions ``j <= m - need[m]`` -- are
+    contiguous ranges found by binary search: nothing the positional filter would drop is
+    read. Each entry also carries the text's id and its bitmask of the 64 most frequent keys,
+    so a first bound is computed from the entries alone, without touching per-text arrays.
+
+    Three runs keep appends cheap: ``main`` (sorted), ``mid`` (sorted, merged into ``main``
+    when it reaches 1/16 of it) and ``small`` (unsorted appends, up to _SMALL_RUN entries,
+    scanned; then sorted and inserted into ``mid``).
+    """
+
+    __slots__ = ("runs", "small")
+
+    def __init__(self, comp: np.ndarray, doc: np.ndarray, top_of_doc: np.ndarray) -> None:
+        # One array at a time, so that a 1M-text build peaks at a few hundred MB.
+        order = np.argsort(comp, kind="stable")
+        comp = comp[order]
+        doc = doc[order]
+        del order
+        self.runs = [(comp, top_of_doc[doc], doc), (_EMPTY_COMP, _EMPTY_TOP, _EMPTY)]
+        self.small: tuple[array[int], array[int], array[int]] = (array("q"), array("Q"), array("i"))
+
+    def add(self, comps: list[int], top: int, doc: int) -> None:
+        sc, st, sd = self.small
+        sc.extend(comps)
+        st.extend([top] * len(comps))
+        sd.extend([doc] * len(comps))
+        if len(sc) < _SMALL_RUN:
+            return
+        comp, top_a, doc_a = np.array(sc, np.int64), np.array(st, np.uint64), np.array(sd, np.int32)
+        self.small = (array("q"), array("Q"), array("i"))
+        (main, mid) = self.runs
+        for run in (mid, main):  # into mid; then mid into main once it is 1/16 of it
+            order = np.argsort(comp, kind="stable")
+            comp, top_a, doc_a = comp[order], top_a[order], doc_a[order]
+            at = np.searchsorted(run[0], comp, side="right")
+            comp = np.insert(run[0], at, comp)
+            top_a = np.insert(run[1], at, top_a)
+            doc_a = np.insert(run[2], at, doc_a)
+            if run is mid and len(comp) * 16 < len(main[0]):
+                self.runs = [main, (comp, top_a, doc_a)]
+                return
+        self.runs = [(comp, top_a, doc_a), (_EMPTY_COMP, _EMPTY_TOP, _EMPTY)]
+
+    def lookup(self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Entries in the sorted, disjoint ranges [lows[r], highs[r]]: comp, top, doc, tags[r]."""
+        parts = []
+        for comp, top, doc in self.runs:
+            if not len(comp):
+                continue
+            a = np.searchsorted(comp, lows, side="left")
+            cnt = np.searchsorted(comp, highs, side="right") - a
+            ends = np.cumsum(cnt)
+            total = int(ends[-1])
+            if total:
+                idx = np.arange(total) + np.repeat(a - ends + cnt, cnt)
+                parts.append((comp[idx], top[idx], doc[idx], np.repeat(tags, cnt)))
+        sc, st, sd = self.small
+        if len(sc):
+            c = np.frombuffer(sc, dtype=np.int64)
+            r = np.searchsorted(lows, c, side="right") - 1
+            ok = (r >= 0) & (c <= highs[r])  # the ranges are disjoint and sorted
+            if ok.any():
+                parts.append((c[ok], np.frombuffer(st, dtype=np.uint64)[ok],
+                              np.frombuffer(sd, dtype=np.int32)[ok], tags[r[ok]]))  # fmt: skip
+            del c  # release the buffer export before the next append
+        if not parts:
+            return _EMPTY_COMP, _EMPTY_TOP, _EMPTY, _EMPTY_COMP
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
+
+
+class _Query:
+    """A tokenized query: token count, known keys (token order), known token ids (token order)."""
+
+    __slots__ = ("n", "keys", "tids", "by_ord", "ords", "_seq")
+
+    def __init__(self, n: int, keys: list[int], tids: list[int]) -> None:
+        self.n = n
+        self.keys = keys
+        self.tids = tids  # tokens the pool knows; the others cannot be in any LCS
+        self.by_ord: np.ndarray | None = None  # keys, rarest first
+        self.ords: np.ndarray | None = None  # their places in the order
+        self._seq: str | tuple[int, ...] | None = None
+
+
+def _f_vec(lcs: np.ndarray, n: int, m: np.ndarray) -> np.ndarray:
+    # _fmeasure's operations in its order; float64 division of small ints is correctly rounded
+    # in numpy as in Python, so every element is the float rouge_score computes.
+    lf = lcs.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = lf / n
+        r = lf / m
+        f = 2 * p * r / (p + r)
+    f[lcs == 0] = 0.0
+    return f
+
+
+def _min_lcs_above(t: float, n: int | None, m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per length ``m``: the smallest ``l <= min(n, m)`` whose float F(l, n, m) is ``> t``, else _BIG.
+
+    ``n=None`` means ``n = l`` (the best case over all query lengths, for the index prefixes).
+    ``x`` is the real-number solution of ``F = t`` (the exact answer is ``floor(x) + 1``); the
+    float formula is evaluated on ``floor(x) - 1 ... floor(x) + 2`` and the smallest passing value
+    kept. F rises by at least ``1 / (2 max(m, n) + 1)`` per step of ``l``, far above rounding, so
+    the passing values are exactly the ones from the true threshold on, and that threshold lies
+    inside this window whatever the rounding of ``x``.
+    """
+    base = np.floor(x).astype(np.int64) - 1
+    out = np.full(len(m), _BIG, dtype=np.int64)
+    for d in (3, 2, 1, 0):
+        ls = base + d
+        nn = ls if n is None else n
+        ok = (ls >= 1) & (ls <= np.minimum(nn, m))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lf = ls.astype(np.float64)
+            p = lf / nn
+            r = lf / m
+            f = 2 * p * r / (p + r)
+        ok &= f > t
+        out[ok] = ls[ok]
+    return out
+
+
+class _NeedTable:
+    """need[m] for one (query length, threshold), with the query's range templates per K."""
+
+    __slots__ = ("need", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k")
+
+    def __init__(self, need: np.ndarray) -> None:
+        self.need = need
+        self.amin = int(need.min())
+        ms = np.flatnonzero(need < _BIG)
+        nm = need[ms]
+        jmax = np.minimum(ms - nm, 255)
+        self.capped = bool(len(ms)) and ms[-1] >= _M_CAP
+        if self.capped:
+            # One bucket holds every text of _M_CAP tokens or more: read it whole (any j) for
+            # the weakest requirement among those lengths; the exact filter follows.
+            c = np.searchsorted(ms, _M_CAP)
+            ms, nm, jmax = ms[: c + 1].copy(), nm[: c + 1].copy(), jmax[: c + 1].copy()
+            ms[c], nm[c], jmax[c] = _M_CAP, need[_M_CAP:].min(), 255
+        # Range bounds in the composite: m << 18 from j = 0; up to j = jmax, any rest.
+        self._ms, self._nm, self._mj, self._jmax = ms, nm, ms << 18, (jmax << 10) | 1023
+        self._by_k: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def ranges(self, n_keys: int) -> tuple[np.ndarray, ...]:
+        """(probe index, m << 18, jmax << 10 | 1023, K - i) of each (probe key, length) pair that
+        can pass."""
+        hit = self._by_k.get(n_keys)
+        if hit is None:
+            qb = np.arange(n_keys, self.amin - 1, -1)  # K - i for probe keys i = 0 .. K - amin
+            pi, mi = np.nonzero(self._nm[None, :] <= qb[:, None])
+            hit = self._by_k[n_keys] = (pi, self._mj[mi], self._jmax[mi], qb[pi])
+        return hit
+
+
+class RougeLIndex:
+    """Pool of texts answering "is any added text above ROUGE-L F ``t``?" and "which is nearest?".
+
+    Ids are insertion order from 0. Every answer is exact: the float ``rouge_score`` computes,
+    the smallest id on ties. See the module docstring for how it avoids scoring the whole pool.
     Not thread-safe.
     """
 
@@ -199,16 +585,39 @@ class RougeLIndex:
     def __init__(self, tokenizer: str = "rouge") -> None:
         self._tokenize = _get_tokenizer(tokenizer)
         self._tokenizer_name = tokenizer
-        self._texts: list[str] = []
-        self._seqs: list[str | tuple[int, ...]] = []  # one char per token, for rapidfuzz
-        self._lens = np.zeros(16, dtype=np.int32)  # token count per text (capacity-doubled)
+        self._n = 0
+        self._buf = bytearray()  # every text, UTF-8 (surrogatepass), back to back
+        self._text_off = _Vec(np.int64, 0)  # text i is _buf[_text_off[i]:_text_off[i + 1]]
+        self._keys = _Vec(np.int32)  # the keys of every text in token order, back to back
+        self._tok_off = _Vec(np.int64, 0)  # text i's tokens are [_tok_off[i], _tok_off[i + 1])
+        self._lens = _Vec(np.int32)  # token count per text
+        # Per text, its tokens as one character each (a tuple of ints past the last code point):
+        # what rapidfuzz compares. Rebuilding these from _keys per query cost 2-3x the LCS itself.
+        self._seqs: list[str | tuple[int, ...]] = []
         self._max_len = 0
-        self._vocab: dict[str, int] = {}
-        self._chars: list[str | int] = []  # token id -> char (or int past the char limit)
-        self._occ_keys: list[list[int]] = []  # token id -> key ids of its 1st, 2nd ... occurrence
-        # key id -> ids of the texts holding it, ascending (ids only grow), capacity-doubled
-        self._post: list[np.ndarray] = []
-        self._post_n: list[int] = []  # key id -> used length of _post[key]
+        self._vocab: dict[str, int] = {}  # token -> key of its first occurrence (= token id)
+        self._more: dict[tuple[int, int], int] = {}  # (token id, k >= 2) -> key
+        self._n_keys = 0
+        self._key_code = _Vec(np.int64)  # key -> code point of its token
+        self._df = _Vec(np.int32)  # key -> texts holding it (= full postings length)
+        self._ord = _Vec(np.int64)  # key -> place in the global order (lower = rarer)
+        self._big = False  # some code is past the last code point: LCS on tuples of ints
+        self._full = _Postings()  # every key of every text
+        # Decision path, built on first use: prefix index for threshold _pre_t, the common-key
+        # masks (keys with _ord >= _c0 are common; bit = _ord - _c0) and their counts.
+        self._pre: _PrefixIndex | None = None
+        self._pre_t = 1.0
+        self._alpha = np.zeros(1, dtype=np.int64)  # per length: min overlap to exceed _pre_t
+        self._c0 = self._c64 = 0
+        self._cm = np.zeros((16, _COMMON_WORDS), dtype=np.uint64)  # text -> common-key mask
+        self._ncommon = _Vec(np.int16)  # text -> how many of its keys are common
+        self._snap_n = 0  # pool size when the key order was last snapshotted
+        self._decision_t = 1.0  # threshold of the last first_above()/decide(), for nearest()
+        # (text, pool size, t, best F, id) of the last first_above()/max_above() that found
+        # nothing above t: the best runner-up it verified, a bar for nearest() to start from.
+        self._hint: tuple[str, int, float, float, int] | None = None
+        self._need_cache: dict[tuple[int, float], _NeedTable] = {}
+        self._mark = np.zeros(16, dtype=np.uint8)  # scratch: 1 at the query's keys
 
     @property
     def tokenizer(self) -> str:
@@ -216,185 +625,656 @@ class RougeLIndex:
         return self._tokenizer_name
 
     def __len__(self) -> int:
-        return len(self._texts)
+        return self._n
 
     def text(self, i: int) -> str:
         """The original text that was added with id ``i``."""
-        if not 0 <= i < len(self._texts):
-            raise IndexError(f"no text with id {i} (the index holds {len(self._texts)})")
-        return self._texts[i]
+        if not 0 <= i < self._n:
+            raise IndexError(f"no text with id {i} (the index holds {self._n})")
+        off = self._text_off.a
+        return self._buf[off[i] : off[i + 1]].decode("utf-8", "surrogatepass")
 
     # -- building -------------------------------------------------------------------------
 
-    def _token_id(self, tok: str) -> int:
-        tid = self._vocab.get(tok)
-        if tid is None:
-            tid = len(self._chars)
-            self._vocab[tok] = tid
-            code = _code(tid, self._char_limit)
-            self._chars.append(chr(code) if code <= sys.maxunicode else code)
-            self._occ_keys.append([])
-        return tid
+    def _new_key(self, code: int) -> int:
+        key = self._n_keys
+        self._n_keys += 1
+        self._key_code.append(code)
+        self._df.append(0)
+        self._ord.append(-1 - key)  # after a snapshot, new keys rank rarest (any order is exact)
+        if code > sys.maxunicode:
+            self._big = True
+        return key
 
-    def _new_key(self) -> int:
-        self._post.append(np.empty(4, dtype=np.int32))
-        self._post_n.append(0)
-        return len(self._post) - 1
-
-    def _seq(self, tids: list[int]) -> str | tuple[int, ...]:
-        chars = [self._chars[t] for t in tids]
-        if all(type(c) is str for c in chars):
-            return "".join(chars)  # type: ignore[arg-type]
-        return tuple(ord(c) if isinstance(c, str) else c for c in chars)
-
-    def _store_text(self, text: str) -> tuple[int, list[int]]:
-        """Record ``text``; return its id and its keys (postings not yet updated)."""
-        doc = len(self._texts)
-        tids = [self._token_id(t) for t in self._tokenize(text)]
+    def _keys_for(self, toks: list[str]) -> list[int]:
+        """Keys of a text being added (creating unseen tokens and occurrence keys)."""
+        vocab = self._vocab
+        found = list(map(vocab.get, toks))
+        if None in found:
+            for j, tok in enumerate(toks):
+                if found[j] is None:
+                    tid = vocab.get(tok)  # an earlier position may have created it
+                    if tid is None:
+                        tid = vocab[tok] = self._new_key(_code(self._n_keys, self._char_limit))
+                    found[j] = tid
+        tids = cast("list[int]", found)
+        if len(set(tids)) == len(tids):
+            return tids
+        more = self._more
         seen: dict[int, int] = {}
         keys: list[int] = []
-        occ_keys = self._occ_keys
         for tid in tids:
-            k = seen.get(tid, 0)
-            seen[tid] = k + 1
-            occ = occ_keys[tid]
-            if k == len(occ):
-                occ.append(self._new_key())
-            keys.append(occ[k])
-        self._texts.append(text)
-        self._seqs.append(self._seq(tids))
-        if doc == len(self._lens):
-            self._lens = np.concatenate([self._lens, np.zeros_like(self._lens)])
-        self._lens[doc] = len(tids)
-        self._max_len = max(self._max_len, len(tids))
-        return doc, keys
+            k = seen.get(tid, 0) + 1
+            seen[tid] = k
+            if k == 1:
+                keys.append(tid)
+                continue
+            key = more.get((tid, k))
+            if key is None:
+                key = more[(tid, k)] = self._new_key(int(self._key_code.a[tid]))
+            keys.append(key)
+        return keys
 
-    def _append_postings(self, key: int, docs: np.ndarray) -> None:
-        used = self._post_n[key]
-        buf = self._post[key]
-        end = used + len(docs)
-        if end > len(buf):
-            new = np.empty(max(end, 2 * len(buf)), dtype=np.int32)
-            new[:used] = buf[:used]
-            self._post[key] = buf = new
-        buf[used:end] = docs
-        self._post_n[key] = end
+    def _store(self, texts: list[str], key_lists: list[list[int]]) -> None:
+        """Append texts and their keys to the flat arrays (not yet to the postings)."""
+        if not texts:
+            return
+        lens = [len(k) for k in key_lists]
+        flat = [k for ks in key_lists for k in ks]
+        blobs = [t.encode("utf-8", "surrogatepass") for t in texts]
+        self._buf += b"".join(blobs)
+        self._text_off.extend(self._text_off.a[self._n] + np.cumsum([len(b) for b in blobs]))
+        self._tok_off.extend(self._tok_off.a[self._n] + np.cumsum(lens))
+        self._lens.extend(lens)
+        self._keys.extend(flat)
+        self._seqs.extend(self._seqs_of(np.array(flat, dtype=np.int64), lens))
+        counts = np.bincount(np.array(flat, dtype=np.int64), minlength=self._n_keys)
+        self._df.a[: self._n_keys] += counts.astype(np.int32)
+        self._n += len(texts)
+        if max(lens) > self._max_len:
+            self._max_len = max(lens)
+            self._need_cache.clear()
+            if self._pre is not None:
+                self._alpha = self._alpha_table(self._pre_t)
+
+    def _store_one(self, text: str, keys: list[int], ka: np.ndarray) -> None:
+        """_store for one text, without the batch machinery (add() is on the judge's path)."""
+        blob = text.encode("utf-8", "surrogatepass")
+        n, m = self._n, len(keys)
+        self._buf += blob
+        self._text_off.append(int(self._text_off.a[n]) + len(blob))
+        self._tok_off.append(int(self._tok_off.a[n]) + m)
+        self._lens.append(m)
+        self._seqs.append(self._seqs_of(ka, [m])[0])
+        if m:
+            self._keys.extend(ka)
+            self._df.a[ka] += 1  # a text's keys are distinct
+        self._n = n + 1
+        if m > self._max_len:
+            self._max_len = m
+            self._need_cache.clear()
+            if self._pre is not None:
+                self._alpha = self._alpha_table(self._pre_t)
+
+    def _seqs_of(self, flat_keys: np.ndarray, lens: list[int]) -> list[str | tuple[int, ...]]:
+        """The LCS sequences of texts whose keys are ``flat_keys`` back to back, ``lens`` each."""
+        codes = self._key_code.a[flat_keys]
+        ends = np.cumsum(lens).tolist()
+        starts = [0, *ends[:-1]]
+        if len(codes) and int(codes.max()) > sys.maxunicode:
+            flat = codes.tolist()
+            return [tuple(flat[a:b]) for a, b in zip(starts, ends, strict=True)]
+        # One decode for all texts: every code is a valid scalar value (no surrogates).
+        s = codes.astype(_U4).tobytes().decode(_UTF32)
+        return [s[a:b] for a, b in zip(starts, ends, strict=True)]
+
+    def _index(self, doc: int, keys: list[int], ka: np.ndarray | None = None) -> None:
+        """Add one stored text to the postings (tails) and, once built, the decision index."""
+        full = self._full
+        for k in keys:
+            full.append(k, doc)
+        if self._pre is None:
+            return
+        if doc >= len(self._cm):
+            grow = np.zeros((len(self._cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
+            self._cm = np.concatenate((self._cm, grow))
+        m = len(keys)
+        if not m:
+            self._ncommon.append(0)
+            return
+        if ka is None:
+            ka = np.array(keys, dtype=np.int64)
+        ords = self._ord.a[ka]
+        order = np.argsort(ords)
+        self._cm[doc], n_common, top, rest = self._masks(ords[order])
+        self._ncommon.append(n_common)
+        plen = m - int(self._alpha[m]) + 1
+        if plen > 0:
+            low = (min(m, _M_CAP) << 18) | min(rest, 1023)
+            comps = (ka[order[:plen]] << 28) | (np.minimum(np.arange(plen), 255) << 10) | low
+            self._pre.add(comps.tolist(), top, doc)
+
+    def _after_growth(self) -> None:
+        if self._full.wants_merge():
+            self._full.merge(self._n_keys)
+        due = max(_SNAPSHOT_MIN, _RESNAPSHOT * self._snap_n)
+        if self._pre is not None and due <= self._n <= _SNAPSHOT_MAX:
+            self._build_prefix(self._pre_t)
 
     def add(self, text: str) -> int:
         """Add ``text`` to the pool and return its id (0, 1, 2 ... in insertion order)."""
-        doc, keys = self._store_text(text)
-        post, post_n = self._post, self._post_n
-        for key in keys:
-            used = post_n[key]
-            buf = post[key]
-            if used == len(buf):
-                self._append_postings(key, np.array([doc], dtype=np.int32))
-            else:
-                buf[used] = doc
-                post_n[key] = used + 1
+        keys = self._keys_for(self._tokenize(text))
+        doc = self._n
+        ka = np.array(keys, dtype=np.int64)
+        self._store_one(text, keys, ka)
+        self._index(doc, keys, ka)
+        self._after_growth()
         return doc
 
     def extend(self, texts: Iterable[str]) -> list[int]:
         """Add many texts (same result as calling :meth:`add` on each); return their ids."""
-        ids: list[int] = []
-        batch_keys: list[int] = []
-        batch_docs: list[int] = []
-
-        def flush() -> None:
-            if not batch_keys:
-                return
-            keys = np.array(batch_keys, dtype=np.int64)
-            docs = np.array(batch_docs, dtype=np.int32)
-            order = np.argsort(keys, kind="stable")  # stable keeps text ids ascending per key
-            keys, docs = keys[order], docs[order]
-            cuts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-            starts = np.concatenate(([0], cuts)).tolist()
-            ends = np.concatenate((cuts, [len(keys)])).tolist()
-            for key, a, b in zip(keys[starts].tolist(), starts, ends, strict=True):
-                self._append_postings(key, docs[a:b])
-            batch_keys.clear()
-            batch_docs.clear()
-
+        first = self._n
+        batch: list[str] = []
+        key_lists: list[list[int]] = []
+        tokenize = self._tokenize
         try:
             for text in texts:
-                doc, keys = self._store_text(text)
-                ids.append(doc)
-                batch_keys.extend(keys)
-                batch_docs.extend([doc] * len(keys))
-                if len(ids) % _EXTEND_BATCH == 0:
-                    flush()
+                key_lists.append(self._keys_for(tokenize(text)))
+                batch.append(text)
+                if len(batch) == _EXTEND_BATCH:
+                    self._store(batch, key_lists)
+                    batch, key_lists = [], []
         finally:  # a bad item must not leave stored texts missing from the postings
-            flush()
-        return ids
+            self._store(batch, key_lists)
+            self._index_since(first)
+        return list(range(first, self._n))
 
-    # -- querying -------------------------------------------------------------------------
+    def _index_since(self, first: int) -> None:
+        added = int(self._tok_off.a[self._n] - self._tok_off.a[first])
+        if added * 8 < len(self._full.data) + self._full.tail_n:
+            # Small batch: through the tails, like add().
+            keys, off = self._keys.a, self._tok_off.a
+            for doc in range(first, self._n):
+                self._index(doc, keys[off[doc] : off[doc + 1]].tolist())
+            self._after_growth()  # not before every text is indexed: it may rebuild
+            return
+        # Large batch (or the first load): rebuild the CSR arrays in bulk.
+        n = self._n
+        docs = np.repeat(np.arange(n, dtype=np.int32), self._lens.a[:n])
+        self._full = _Postings.build(self._keys.a[: self._keys.n], docs, self._n_keys)
+        del docs
+        if self._pre is not None:
+            self._build_prefix(self._pre_t)
 
-    def _score(self, qseq: str | tuple[int, ...], n: int, ids: np.ndarray) -> tuple[float, int]:
-        """Best exact F among ``ids`` (non-empty) and the smallest id reaching it."""
+    # -- decision index -------------------------------------------------------------------
+
+    def _alpha_table(self, t: float) -> np.ndarray:
+        """Per length m: the fewest shared keys with which a text of m tokens can exceed t."""
+        ms = np.arange(self._max_len + 1, dtype=np.int64)
+        # F(l, n=l, m) = 2l / (l + m) > t  <=>  l > m t / (2 - t)
+        return _min_lcs_above(t, None, ms, ms * (t / (2 - t)))
+
+    def _build_prefix(self, t: float) -> None:
+        """Snapshot the key order and build the decision index for threshold t (chunked)."""
+        n, nk = self._n, self._n_keys
+        order = np.lexsort((-np.arange(nk), self._df.a[:nk]))  # rank -> key: rarest first
+        rank = np.empty(nk, dtype=np.int64)
+        rank[order] = np.arange(nk)
+        self._ord.a[:nk] = rank
+        # The most frequent keys -- the last in the order -- get one bit each in the masks:
+        # the common-key mask per text (up to 256 keys) and, in every prefix entry, the mask
+        # of the 64 most frequent.
+        self._c0 = c0 = nk - min(nk, _N_COMMON, 64 * _COMMON_WORDS)
+        self._c64 = c64 = nk - min(nk, _N_COMMON, 64)
+        self._cm = cm = np.zeros((n + (n >> 3) + 16, _COMMON_WORDS), dtype=np.uint64)
+        top = np.zeros(n, dtype=np.uint64)
+        alpha = self._alpha_table(t)
+        lens = self._lens.a[:n].astype(np.int64)
+        plen = np.clip(lens - alpha[lens] + 1, 0, lens)
+        keys, off = self._keys.a, self._tok_off.a
+        out_c: list[np.ndarray] = []
+        out_d: list[np.ndarray] = []
+        step = max(1, _BUILD_CHUNK // max(1, self._max_len))
+        for d0 in range(0, n, step):
+            d1 = min(n, d0 + step)
+            ls = lens[d0:d1]
+            docs = np.repeat(np.arange(d0, d1, dtype=np.int64), ls)
+            comb = (docs << 32) | rank[keys[off[d0] : off[d1]]]
+            comb.sort()  # by text, then rarest key first
+            # Masks: OR of the bits of each text's common keys (segments of non-empty texts).
+            ords = comb & 0xFFFFFFFF
+            nonempty = np.flatnonzero(ls)
+            seg = (np.cumsum(ls) - ls)[nonempty]
+            if len(seg):
+                for w in range(_COMMON_WORDS + 1):  # the last one: the top-64 mask
+                    bits = ords - (c64 if w == _COMMON_WORDS else c0 + 64 * w)
+                    ok = (bits >= 0) & (bits < 64)
+                    vals = np.where(ok, np.left_shift(1, np.where(ok, bits, 0)), 0).astype(np.uint64)
+                    col = np.bitwise_or.reduceat(vals, seg)
+                    if w == _COMMON_WORDS:
+                        top[d0 + nonempty] = col
+                    else:
+                        cm[d0 + nonempty, w] = col
+            pos = np.arange(len(comb)) - np.repeat(np.cumsum(ls) - ls, ls)
+            keep = pos < np.repeat(plen[d0:d1], ls)
+            sel = comb[keep]
+            ncommon = np.bitwise_count(cm[d0:d1]).astype(np.int64) @ _ONES
+            rest = ncommon - np.bitwise_count(top[d0:d1]).astype(np.int64)
+            low = (np.minimum(ls, _M_CAP) << 18) | np.minimum(rest, 1023)
+            out_c.append((order[sel & 0xFFFFFFFF].astype(np.int64) << 28)
+                         | (np.minimum(pos[keep], 255) << 10) | np.repeat(low, ls)[keep])  # fmt: skip
+            out_d.append((sel >> 32).astype(np.int32))
+        comp = np.concatenate(out_c) if out_c else _EMPTY_COMP
+        del out_c
+        doc = np.concatenate(out_d) if out_d else _EMPTY
+        del out_d
+        self._pre = None  # the old index goes before the new one is sorted
+        self._pre = _PrefixIndex(comp, doc, top)
+        self._ncommon = _Vec(np.int16)
+        self._ncommon.extend(np.bitwise_count(cm[:n]).astype(np.int64) @ _ONES)
+        self._pre_t, self._alpha, self._snap_n = t, alpha, n
+
+    def _need(self, n: int, t: float) -> _NeedTable:
+        """Per pool length m: the smallest LCS giving F > t with a query of n tokens, and more."""
+        hit = self._need_cache.get((n, t))
+        if hit is None:
+            if len(self._need_cache) > 4096:  # raised bars (seeds) vary: keep the cache bounded
+                self._need_cache.clear()
+            ms = np.arange(self._max_len + 1, dtype=np.int64)
+            hit = self._need_cache[(n, t)] = _NeedTable(_min_lcs_above(t, n, ms, (ms + n) * (t / 2)))
+        return hit
+
+    def _masks(self, sorted_ords: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+        """Masks of keys given by their ascending places in the order: the common-key bitmask
+        (words), the number of common keys, the bitmask of the 64 most frequent (an int) and
+        the number of common keys outside those."""
+        c0, c64 = self._c0, self._c64
+        common = sorted_ords[np.searchsorted(sorted_ords, c0) :].tolist()
+        words = [0] * _COMMON_WORDS
+        top = n_top = 0
+        for o in common:  # word by word: small ints are cheaper than one 256-bit int
+            b = o - c0
+            words[b >> 6] |= 1 << (b & 63)
+            if o >= c64:
+                top |= 1 << (o - c64)
+                n_top += 1
+        return np.array(words, dtype=np.uint64), len(common), top, len(common) - n_top
+
+    # -- querying helpers -----------------------------------------------------------------
+
+    def _query(self, text: str) -> _Query | None:
+        """The query's known keys and token ids; None if it has no token the pool knows."""
+        toks = self._tokenize(text)
+        if not toks or not self._n:
+            return None
+        vocab = self._vocab
+        tids = [t for t in map(vocab.get, toks) if t is not None]
+        if not tids:
+            return None
+        if len(set(tids)) == len(tids):
+            keys = tids
+        else:  # the query's keys are a set: their order does not matter
+            counts = Counter(tids)
+            keys = list(counts)
+            more = self._more
+            for tid, c in [x for x in counts.items() if x[1] > 1]:
+                for k in range(2, c + 1):
+                    key = more.get((tid, k))
+                    if key is None:  # no pool text has this token k times
+                        break
+                    keys.append(key)
+        return _Query(len(toks), keys, tids)
+
+    def _qseq(self, q: _Query) -> str | tuple[int, ...]:
+        if q._seq is None:
+            codes = self._key_code.a[q.tids]
+            q._seq = tuple(codes.tolist()) if self._big else codes.astype(_U4).tobytes().decode(_UTF32)
+        return q._seq
+
+    def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indexes of the tokens of texts ``ids`` (in order), and each text's segment."""
+        starts = self._tok_off.a[ids]
+        ls = self._lens.a[ids].astype(np.int64)
+        ends = np.cumsum(ls)
+        seg = ends - ls
+        idx = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - seg, ls)
+        return idx, seg, ends
+
+    def _lcs(self, q: _Query, ids: list[int]) -> list[int]:
+        """Exact LCS lengths of the query with texts ``ids`` (rapidfuzz, bit-parallel C++).
+
+        A str and a tuple of ints compare exactly (rapidfuzz hashes a character as its code
+        point), so texts stored either way mix freely.
+        """
+        qs = self._qseq(q)
         seqs = self._seqs
-        if len(ids) <= 4:
+        if len(ids) <= 8:
+            sim = LCSseq.similarity
+            return [int(sim(qs, seqs[i])) for i in ids]
+        return cdist([qs], [seqs[i] for i in ids], scorer=LCSseq.similarity, dtype=np.int32,
+                     workers=1)[0].tolist()  # fmt: skip
+
+    def _verify(self, q: _Query, ids: list[int]) -> list[float]:
+        """Exact F of the query with each of texts ``ids`` (Python floats)."""
+        lens, n = self._lens.a, q.n
+        return [_fmeasure(lcs, n, int(lens[i])) for i, lcs in zip(ids, self._lcs(q, ids), strict=True)]
+
+    def _score(self, q: _Query, ids: np.ndarray) -> tuple[float, int]:
+        """Best exact F among ``ids`` (non-empty) and the smallest id reaching it."""
+        if len(ids) <= 8:  # numpy's per-call overhead exceeds the work
             best, best_id = -1.0, -1
-            for i in ids.tolist():
-                lcs = int(LCSseq.similarity(qseq, seqs[i]))
-                f = _fmeasure(lcs, n, int(self._lens[i]))
+            ilist = ids.tolist()
+            for i, f in zip(ilist, self._verify(q, ilist), strict=True):
                 if f > best or (f == best and i < best_id):
                     best, best_id = f, i
             return best, best_id
-        lcs = cdist([qseq], [seqs[i] for i in ids.tolist()], scorer=LCSseq.similarity,
-                    dtype=np.int32, workers=1)[0]  # fmt: skip
-        m = self._lens[ids]
-        # Same operations and order as _fmeasure; float64 division of small ints is correctly
-        # rounded in numpy just as in Python, so the floats are identical.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = lcs / n
-            r = lcs / m
-            f = 2 * p * r / (p + r)
-        f[lcs == 0] = 0.0
-        best = f.max()
-        return float(best), int(ids[f == best].min())
+        lcs = np.array(self._lcs(q, ids.tolist()), dtype=np.int64)
+        scores = _f_vec(lcs, q.n, self._lens.a[ids])
+        top = scores.max()
+        return float(top), int(ids[scores == top].min())
 
-    def nearest(self, text: str) -> tuple[float, int | None]:
+    def _overlap(self, q: _Query, ids: np.ndarray) -> np.ndarray:
+        """Exact shared-key count (multiset token overlap) of the query with each of ``ids``."""
+        if len(self._mark) < self._n_keys:
+            self._mark = np.zeros(2 * self._n_keys, dtype=np.uint8)
+        mark = self._mark
+        mark[q.keys] = 1
+        try:
+            idx, seg, _ = self._positions(ids)
+            return np.add.reduceat(mark[self._keys.a[idx]], seg, dtype=np.int64)
+        finally:
+            mark[q.keys] = 0
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def _probe(self, q: _Query, t: float, exhaustive: bool, limit: int,
+               runners_up: int = 0) -> tuple[float, int]:  # fmt: skip
+        """Best verified (F, id) among the texts ``< limit`` that could exceed ``t``.
+
+        (-1.0, -1) if none. Not exhaustive: stops at the first F > t. Exhaustive: every text
+        with F > t is verified or provably below the best, so a best above ``t`` is the exact
+        nearest. ``runners_up``: when nothing exceeds t, also score that many of the texts with
+        the best bounds among those that cannot (a good starting bar for the nearest).
+        The decision index must exist, built for a threshold <= t.
+        """
+        pre = self._pre
+        assert pre is not None and self._pre_t <= t
+        if t >= 1.0:  # F <= 1.0 always
+            return -1.0, -1
+        n = q.n
+        table = self._need(n, t)
+        need = table.need
+        n_keys = len(q.keys)
+        if n_keys < table.amin:
+            return -1.0, -1
+        if q.by_ord is None:
+            ka = np.array(q.keys, dtype=np.int64)
+            ords = self._ord.a[ka]
+            order = np.argsort(ords)
+            q.by_ord, q.ords = ka[order], ords[order]
+        # Positional filter (PPJoin): if a text's first shared prefix key is the query's i-th
+        # and its own j-th key, every shared key comes at or after both (same global order),
+        # so ov <= 1 + min(K-1-i, m-1-j) = min(K-i, m-j). Later hits of a text give smaller
+        # values, so the hits with min(K-i, m-j) >= need[m] are exactly the first hits of the
+        # texts whose first hit passes: the index returns just those, as ranges of (key, m, j).
+        pi, mj, jmax, qb = table.ranges(n_keys)
+        lows = (q.by_ord[pi] << 28) | mj
+        order = np.argsort(lows)
+        lows = lows[order]
+        comp, top, doc, qb = pre.lookup(lows, lows | jmax[order], qb[order])
+        if limit < self._n and len(doc):
+            keep = doc < limit
+            comp, top, doc, qb = comp[keep], top[keep], doc[keep], qb[keep]
+        if not len(doc):
+            return -1.0, -1
+        # First bound, from the entries alone, for a text whose first hit this is (query
+        # position i, text position j): every shared key lies at or after both. Common keys
+        # (C: the most frequent, last in the order) shared: those among the 64 most frequent
+        # exactly (AND of the masks), the others at most min(query's, text's). Rare keys
+        # shared: at most min(query's rare keys from i on, text's rare keys from j on); none
+        # when i is a common key (rare keys come first in both orders). Later hits of a text
+        # give smaller values, so keeping the hits that pass keeps every text whose first hit
+        # passes, with its first few hits.
+        assert q.ords is not None
+        qm, n_common, qtop, q_rest = self._masks(q.ords)
+        n_rare = n_keys - n_common
+        qi = n_keys - qb
+        rest = comp & 1023
+        if table.capped:  # the long-text bucket holds lengths >= _M_CAP: use the real ones
+            m = self._lens.a[doc].astype(np.int64)
+        else:
+            m = (comp >> 18) & 1023
+        j = (comp >> 10) & 255
+        rare_b = np.where(qi < n_rare, np.minimum(n_rare - qi, m - rest - np.bitwise_count(top) - j), 0)
+        ok = np.bitwise_count(top & np.uint64(qtop)) + np.minimum(rest, q_rest) + rare_b >= need[m]
+        if table.capped:  # and the positional filter the ranges could not apply there
+            ok &= np.minimum(m - j, qb) >= need[m]
+        doc, qi, j = doc[ok], qi[ok], j[ok]
+        if not len(doc):
+            return -1.0, -1
+        lens = self._lens.a
+        best, best_id = -1.0, -1
+        if len(doc) > _SEED_HITS:
+            # Many hits (a dense cluster around the query): verify a few texts hit through the
+            # rarest key first. A hit ends the decision at once; for the exhaustive search it
+            # raises the bar to "F >= best" (F > the float just below best), which the hits
+            # are filtered against again -- usually leaving a handful.
+            ids = np.unique(doc[qi == 0][:_SEED_SAMPLE]).tolist()
+            for i, f in zip(ids, self._verify(q, ids), strict=True):
+                if f > t and not exhaustive:
+                    return f, i
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
+            if best > t:
+                table = self._need(n, float(np.nextafter(best, -1.0)))
+                need = table.need
+                m = lens[doc]
+                ok = np.minimum(m - j, n_keys - qi) >= need[m]
+                doc, qi, j = doc[ok], qi[ok], j[ok]
+                if not len(doc):
+                    return best, best_id
+        # Second bound, per text from its kept hits: with (i, j) its last kept rare hit and
+        # h_rare its kept rare hits, every shared rare key is one of those or lies after i in
+        # the query and after j in the text; shared common keys exactly from the full masks.
+        # One sort of (text, i, j) packed in an int64 (i < 2**20 unless the query has a
+        # million tokens; then i is stored as 2**20 - 1, which only loosens the bound).
+        packed = np.sort((doc.astype(np.int64) << 28) | (np.minimum(qi, 0xFFFFF) << 8) | j)
+        docs = packed >> 28
+        ends = np.flatnonzero(np.concatenate((docs[1:] != docs[:-1], [True])))
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        qi = (packed >> 8) & 0xFFFFF
+        cum_rare = np.cumsum(qi < n_rare)
+        h_rare = cum_rare[ends] - cum_rare[starts] + (qi[starts] < n_rare)
+        cand = docs[ends]
+        last = starts + np.maximum(h_rare - 1, 0)
+        m = lens[cand]
+        after = np.minimum(n_rare - 1 - qi[last],
+                           m - self._ncommon.a[cand] - 1 - (packed[last] & 255))  # fmt: skip
+        shared_common = np.bitwise_count(self._cm.take(cand, axis=0) & qm).astype(np.int64) @ _ONES
+        ov = shared_common + h_rare + np.where(h_rare > 0, np.maximum(after, 0), 0)
+        keep = ov >= need[m]
+        out = None
+        if runners_up and not keep.all():
+            out = np.flatnonzero(~keep)  # for the runners-up, scored only if nothing exceeds t
+            out = cand[out[np.argsort(-ov[out] / (m[out] + n), kind="stable")[:runners_up]]]
+        cand, ov, m = cand[keep], ov[keep], m[keep]
+        if len(cand) > _OVERLAP_MIN:
+            # Exact overlap (multiset intersection) for the survivors: a tighter bound.
+            ov = self._overlap(q, cand)
+            keep = ov >= need[m]
+            cand, ov, m = cand[keep], ov[keep], m[keep]
+        # Most promising first (bound on F), ascending ids among equals.
+        if len(cand) > 1:
+            ub = 2 * ov / (m + n)
+            order = np.lexsort((cand, -ub))
+            ids_all, ub_list = cand[order].tolist(), ub[order].tolist()
+        else:
+            ids_all, ub_list = cand.tolist(), [1.0] * len(cand)
+        start, chunk = 0, _VERIFY_CHUNK
+        while start < len(ids_all):
+            ids = ids_all[start : start + chunk]
+            for i, f in zip(ids, self._verify(q, ids), strict=True):
+                if f > t and not exhaustive:
+                    return f, i
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
+            start, chunk = start + chunk, chunk * 4
+            if exhaustive and best > t:
+                # ub_list descends: nothing bounded below best - eps can reach best.
+                while len(ids_all) > start and ub_list[len(ids_all) - 1] < best - _EPS:
+                    ids_all.pop()
+        if out is not None and best <= t:
+            ids = out.tolist()
+            for i, f in zip(ids, self._verify(q, ids), strict=True):
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
+        return best, best_id
+
+    def prepare(self, threshold: float) -> None:
+        """Build the decision index for ``threshold`` now rather than on the first query (before a
+        fork, say, so that both processes start with it)."""
+        self._ensure_decision_index(self._check_threshold(threshold))
+
+    def _ensure_decision_index(self, t: float) -> None:
+        """Build the decision index if needed, for ``min(t, floor)`` so that the nearest of an
+        accepted text can go through it too; remember ``t`` for :meth:`nearest`."""
+        self._decision_t = t
+        if self._pre is None or min(t, _NEAREST_FLOOR) < self._pre_t:
+            self._build_prefix(min(t, _NEAREST_FLOOR))
+
+    def _exact_nearest(self, q: _Query, t: float, limit: int,
+                       below: tuple[float, int] | None = None) -> tuple[float, int | None]:  # fmt: skip
+        """Exact nearest among texts ``< limit``, through the decision index (built <= floor).
+
+        1. Exhaustive probe at ``t`` (the decision threshold): a best above ``t`` is exact.
+           Skipped when ``below`` is given: then nothing ``< limit`` exceeds ``t`` (an earlier
+           probe showed it) and ``below`` is a verified (F, id) with id ``< limit`` (or -1).
+        2. If the best seen (runners-up included) is at least the floor: an exhaustive probe
+           for "F >= x" (F above the float just below x), x that best: when the maximum is
+           >= x, every text reaching it is a candidate, so the best is exact. Below the floor
+           (plain prose, whose nearest is often far) that probe seldom succeeds and reads more
+           than the postings search does, so it is skipped.
+        3. Else the maximum is below x: the full postings search, seeded with the best seen.
+        """
+        if below is None:
+            best, i = self._probe(q, t, True, limit, runners_up=_RUNNERS_UP)
+            if best > t:
+                return best, i
+        else:
+            best, i = below
+        if best >= _NEAREST_FLOOR and best > self._pre_t:  # the index answers "F > _pre_t"
+            f, j = self._probe(q, float(np.nextafter(best, -1.0)), True, limit)
+            if f >= best:
+                return f, j
+        return self._nearest(q, best, i, limit)
+
+    @staticmethod
+    def _check_threshold(threshold: float) -> float:
+        t = float(threshold)
+        if not t >= 0.0:  # also NaN
+            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+        return t
+
+    def first_above(self, text: str, threshold: float) -> tuple[float, int] | None:
+        """``(score, id)`` of a text whose ROUGE-L F with ``text`` is ``> threshold``, else None.
+
+        The decision alone, with early exit: which of several such texts is returned is
+        deterministic but not necessarily the nearest (use :meth:`decide` for that). ``None`` is
+        exact: no text scores above ``threshold`` (the comparison is on the float
+        ``rouge_score`` computes, so a score of exactly ``threshold`` is not above it).
+        """
+        return self._above(text, threshold, False)
+
+    def max_above(self, text: str, threshold: float) -> tuple[float, int] | None:
+        """:meth:`nearest` if it scores ``> threshold``, else None: the decision, and for a
+        near-duplicate its exact nearest (smallest id on ties).
+
+        Costs about what :meth:`first_above` does (no early exit: the other candidates above
+        ``threshold`` are verified too, most of them cut by the bound of the best so far).
+        """
+        return self._above(text, threshold, True)
+
+    def _above(self, text: str, threshold: float, exhaustive: bool) -> tuple[float, int] | None:
+        t = self._check_threshold(threshold)
+        self._hint = None
+        q = self._query(text)
+        if q is None or t >= 1.0:
+            return None
+        self._ensure_decision_index(t)
+        best, i = self._probe(q, t, exhaustive, self._n, runners_up=_RUNNERS_UP)
+        if best > t:
+            return best, i
+        # For nearest(text, before=len(self)) right after add(): skips the probe just made.
+        self._hint = (text, self._n, t, best, i)
+        return None
+
+    def decide(self, text: str, threshold: float) -> Decision:
+        """Whether ``text`` is a near-duplicate (some F ``> threshold``), with the exact nearest.
+
+        ``score``/``id`` equal :meth:`nearest` exactly in both cases. For a duplicate they come
+        from the prefix-filtered candidates (cheap); for an accepted text from a second,
+        wider probe of the same index (the costlier half; :meth:`nearest` with ``before=`` can
+        compute it later instead, off the critical path).
+        """
+        t = self._check_threshold(threshold)
+        q = self._query(text)
+        if q is None:
+            return Decision(False, 0.0, None)
+        self._ensure_decision_index(t)
+        score, i = self._exact_nearest(q, t, self._n) if t < 1.0 else self._nearest(q, -1.0, -1, self._n)
+        return Decision(score > t, score, i)
+
+    # -- nearest --------------------------------------------------------------------------
+
+    def runner_up(self, text: str) -> tuple[float, int] | None:
+        """Right after :meth:`max_above`/:meth:`first_above` of ``text`` found nothing above the
+        threshold: the best (F, id) its probe verified (id -1 if none), for ``nearest(text,
+        runner_up=...)`` on a copy of this pool (another process) to skip that probe."""
+        hint = self._hint
+        if hint is None or hint[0] != text or hint[1] != self._n:
+            return None
+        return hint[3], hint[4]
+
+    def nearest(
+        self, text: str, *, before: int | None = None, runner_up: tuple[float, int] | None = None
+    ) -> tuple[float, int | None]:
         """Highest ROUGE-L F-measure of ``text`` against the pool, and the id achieving it.
 
         Exact (equal to ``rouge_score``'s float for that pair); the smallest id wins ties.
         Returns ``(0.0, None)`` when no text in the pool shares a token with ``text``.
+        ``before=i`` searches only the texts with ids ``< i`` -- the pool as it was when text
+        ``i`` was judged -- so the nearest of an accepted text can be computed after it was added.
+        Once :meth:`first_above` or :meth:`decide` has built the decision index, the search goes
+        through it (faster). ``runner_up`` is what :meth:`runner_up` gave for ``text`` on the same
+        pool (the ids below ``before``) with the same threshold: nothing there scores above it.
         """
-        toks = self._tokenize(text)
-        n = len(toks)
-        if n == 0 or not self._texts:
+        limit = self._n if before is None else max(0, min(int(before), self._n))
+        q = self._query(text)
+        if q is None or limit == 0:
             return 0.0, None
-        vocab, occ_keys, chars = self._vocab, self._occ_keys, self._chars
-        seen: dict[int, int] = {}
-        qkeys: list[int] = []
-        qchars: list[str | int] = []
-        for tok in toks:
-            tid = vocab.get(tok)
-            if tid is None:
-                continue  # matches nothing: counts in n, but cannot be in any LCS
-            k = seen.get(tid, 0)
-            seen[tid] = k + 1
-            occ = occ_keys[tid]
-            if k < len(occ):
-                qkeys.append(occ[k])
-            qchars.append(chars[tid])
+        if self._pre is not None and self._pre_t <= self._decision_t < 1.0:
+            hint, below = self._hint, runner_up
+            if hint is not None and hint[0] == text and hint[1] == limit and hint[2] == self._decision_t:
+                below = hint[3], hint[4]  # first_above(text) found nothing above t in this pool
+            return self._exact_nearest(q, self._decision_t, limit, below)
+        return self._nearest(q, -1.0, -1, limit)
+
+    def _get(self, key: int, limit: int) -> np.ndarray:
+        p = self._full.get(key)
+        if limit < self._n and len(p) and p[-1] >= limit:
+            p = p[: np.searchsorted(p, limit)]
+        return p
+
+    def _nearest(self, q: _Query, best: float, best_id: int, limit: int) -> tuple[float, int | None]:
+        n = q.n
+        qkeys = q.keys
         if not qkeys:
             return 0.0, None
-        qseq: str | tuple[int, ...]
-        if all(type(c) is str for c in qchars):
-            qseq = "".join(qchars)  # type: ignore[arg-type]
-        else:
-            qseq = tuple(ord(c) if isinstance(c, str) else c for c in qchars)
-
-        post, post_n = self._post, self._post_n
-        qkeys.sort(key=post_n.__getitem__)  # rarest first
+        df = self._df.a
+        qkeys = [qkeys[i] for i in np.argsort(df[qkeys], kind="stable").tolist()]  # rarest first
         n_keys = len(qkeys)
-        cum: list[int] = []  # cum[j]: postings in the j+1 rarest keys
-        total = 0
-        for k in qkeys:
-            total += post_n[k]
-            cum.append(total)
+        cum = np.cumsum(df[qkeys]).tolist()  # cum[j]: postings in the j+1 rarest keys
 
-        best, best_id = -1.0, -1
         budget, top = _SEED_POSTINGS, _SEED_TOP
         while True:
             # A text sharing none of the rarest n_keys - s keys has F <= 2s/(s+n) < best.
@@ -411,30 +1291,31 @@ class RougeLIndex:
             j = 1
             while cum[j] <= budget:
                 j += 1
-            cand, acc = self._count(qkeys[:j])
+            cand, acc = self._count(qkeys[:j], limit)
             if len(cand) > top:
-                m = self._lens[cand]
+                m = self._lens.a[cand]
                 rank = acc * 4096 - np.abs(m - n)  # most shared keys, then closest length
                 cand = cand[np.argpartition(-rank, top - 1)[:top]]
-            f, i = self._score(qseq, n, cand)
-            if f > best or (f == best and i < best_id):
-                best, best_id = f, i
+            if len(cand):
+                f, i = self._score(q, cand)
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
             budget *= 8
 
         # Final round: count the prefix keys per text; ov <= acc + rest bounds F from above,
         # rest being the common keys not looked at yet. While many texts survive, look the
         # survivors up in the next common key's (sorted) postings: each lookup lowers rest by
         # one and usually drops most of them, far cheaper than scoring them all.
-        n_docs = len(self._texts)
-        if cum[n_prefix - 1] * 4 >= n_docs:
+        lens_all = self._lens.a
+        if cum[n_prefix - 1] * 4 >= limit:
             # Most texts are hit: filter the dense counts before gathering anything.
-            acc = np.bincount(self._hits(qkeys[:n_prefix]), minlength=n_docs)
-            lens = self._lens[:n_docs]
+            acc = np.bincount(self._hits(qkeys[:n_prefix], limit), minlength=limit)
+            lens = lens_all[:limit]
             cand = np.flatnonzero(acc >= self._min_shared(best, n, s)[lens])
             acc, m = acc[cand], lens[cand]
         else:
-            cand, acc = self._count(qkeys[:n_prefix])
-            m = self._lens[cand]
+            cand, acc = self._count(qkeys[:n_prefix], limit)
+            m = lens_all[cand]
         rest = s
         while True:
             keep = acc >= self._min_shared(best, n, rest)[m]
@@ -444,51 +1325,48 @@ class RougeLIndex:
             # Score the texts with the highest bounds first: a higher best makes every later
             # step cheaper (the rounds above often end with a weak best for far-off queries).
             ub = 2 * np.minimum(acc + rest, m) / (m + n)
-            f, i = self._score(qseq, n, cand[np.argpartition(-ub, _PEEK - 1)[:_PEEK]])
+            f, i = self._score(q, cand[np.argpartition(-ub, _PEEK - 1)[:_PEEK]])
             if f > best or (f == best and i < best_id):
                 best, best_id = f, i
                 keep = acc >= self._min_shared(best, n, rest)[m]
                 cand, acc, m = cand[keep], acc[keep], m[keep]
-            k = qkeys[n_keys - rest]
-            p = post[k][: post_n[k]]
-            pos = np.minimum(np.searchsorted(p, cand), len(p) - 1)
-            acc = acc + (p[pos] == cand)
+            p = self._get(qkeys[n_keys - rest], limit)
+            if len(p):
+                pos = np.minimum(np.searchsorted(p, cand), len(p) - 1)
+                acc = acc + (p[pos] == cand)
             rest -= 1
-        if not len(cand):  # defensive: the text scoring best always passes its own bound
-            return best, best_id
-        ub = 2 * np.minimum(acc + rest, m) / (m + n)
-        order = np.argsort(-ub, kind="stable")  # stable: ascending ids within equal bounds
-        cand, neg_ub = cand[order], -ub[order]
-
-        start, chunk = 0, _FIRST_CHUNK
-        while start < len(cand):
-            stop = min(start + chunk, len(cand))
-            f, i = self._score(qseq, n, cand[start:stop])
-            if f > best or (f == best and i < best_id):
-                best, best_id = f, i
-            # neg_ub ascends: keep what is <= -(best - eps), i.e. bound >= best - eps.
-            end = int(np.searchsorted(neg_ub, -(best - _EPS), side="right"))
-            start, chunk = stop, chunk * 4
-            if end <= start:
-                break
-            cand, neg_ub = cand[:end], neg_ub[:end]
+        if len(cand):
+            ub = 2 * np.minimum(acc + rest, m) / (m + n)
+            order = np.argsort(-ub, kind="stable")  # stable: ascending ids within equal bounds
+            cand, neg_ub = cand[order], -ub[order]
+            start, chunk = 0, _FIRST_CHUNK
+            while start < len(cand):
+                stop = min(start + chunk, len(cand))
+                f, i = self._score(q, cand[start:stop])
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
+                # neg_ub ascends: keep what is <= -(best - eps), i.e. bound >= best - eps.
+                end = int(np.searchsorted(neg_ub, -(best - _EPS), side="right"))
+                start, chunk = stop, chunk * 4
+                if end <= start:
+                    break
+                cand, neg_ub = cand[:end], neg_ub[:end]
+        if best_id < 0:  # only when before= hides every text sharing a token
+            return 0.0, None
         return best, best_id
 
-    def _hits(self, keys: list[int]) -> np.ndarray:
-        post, post_n = self._post, self._post_n
-        return np.concatenate([post[k][: post_n[k]] for k in keys])
+    def _hits(self, keys: list[int], limit: int) -> np.ndarray:
+        return np.concatenate([self._get(k, limit) for k in keys])
 
-    def _count(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _count(self, keys: list[int], limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Texts holding any of ``keys`` (ascending) and how many of the keys each holds."""
         if len(keys) == 1:
-            k = keys[0]
-            hits = self._post[k][: self._post_n[k]]
+            hits = self._get(keys[0], limit)
             return hits, np.ones(len(hits), dtype=np.int64)
-        hits = self._hits(keys)
-        n_docs = len(self._texts)
-        if len(hits) * 2 < n_docs:  # measured crossover: sorting wins below ~N/2 hits
+        hits = self._hits(keys, limit)
+        if len(hits) * 2 < limit:  # measured crossover: sorting wins below ~N/2 hits
             return np.unique(hits, return_counts=True)
-        acc = np.bincount(hits, minlength=n_docs)
+        acc = np.bincount(hits, minlength=limit)
         cand = np.flatnonzero(acc)
         return cand, acc[cand]
 
