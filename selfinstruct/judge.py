@@ -7,8 +7,10 @@ two near-duplicates can never both get in, whatever the number of requests in fl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from .filters import FilterConfig, check_candidate
 from .parse import parse_answer
@@ -25,6 +27,8 @@ class Accept:
     rouge_l: float
     nearest: str  # the most similar instruction already in the pool ("" when the pool is empty)
     nearest_id: str | None
+    # defer_nearest: what the decision's search verified, so that fill_nearest need not search again
+    runner_up: tuple[float, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,75 @@ class Verdict:
         return [d for d in self.decisions if isinstance(d, Reject)]
 
 
+_TASK_ID = re.compile(r"task-(\d+)")
+_fold_hash = hash  # a module name, so that a test can make every text clash
+
+
+def _task_id(number: int) -> str:
+    return f"task-{number:06d}"
+
+
+# rouge_l of an Accept whose nearest another process has yet to fill in (never written).
+_PENDING = -1.0
+
+
 def _exact_key(text: str) -> str:
     """Case and spacing folded: catches copies the tokenizer cannot see (text it reduces to nothing)."""
     return " ".join(text.casefold().split())
+
+
+class _TaskIds:
+    """Task ids by pool position, compactly: a canonical id ("task-000123") is kept as its number
+    (8 bytes instead of a 60-byte string each: tens of MB at a million tasks), any other as is."""
+
+    def __init__(self) -> None:
+        self._numbers = array("q")
+        self._others: dict[int, str] = {}  # seeds, hand-made ids
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    def append(self, id_: str) -> None:
+        match = _TASK_ID.fullmatch(id_)
+        if match is not None and _task_id(number := int(match.group(1))) == id_:
+            self._numbers.append(number)
+        else:
+            self._others[len(self._numbers)] = id_
+            self._numbers.append(-1)
+
+    def extend(self, ids: Iterable[str]) -> None:
+        for id_ in ids:
+            self.append(id_)
+
+    def __getitem__(self, position: int) -> str:
+        number = self._numbers[position]
+        return self._others[position] if number < 0 else _task_id(number)
+
+
+class _ExactCopies:
+    """Folded instruction -> its first position in the pool, keyed by the folded text's hash (the
+    texts themselves are in the index): a third of the memory of a dict of strings. Exact: a hit is
+    checked against the text, and the rare text whose hash another already holds is kept whole."""
+
+    def __init__(self, text_at: Callable[[int], str]) -> None:
+        self._text_at = text_at
+        self._by_hash: dict[int, int] = {}
+        self._clashes: dict[str, int] = {}
+
+    def _holds(self, position: int, key: str) -> bool:
+        return _exact_key(self._text_at(position)) == key
+
+    def add(self, text: str, position: int) -> None:
+        key = _exact_key(text)
+        first = self._by_hash.setdefault(_fold_hash(key), position)
+        if first != position and not self._holds(first, key):
+            self._clashes.setdefault(key, position)
+
+    def find(self, key: str) -> int | None:
+        position = self._by_hash.get(_fold_hash(key))
+        if position is not None and self._holds(position, key):
+            return position
+        return self._clashes.get(key)
 
 
 class Judge:
@@ -82,25 +152,32 @@ class Judge:
         self.threshold = threshold
         self.tokenizer = tokenizer
         self.index = RougeLIndex(tokenizer=tokenizer)
-        self._ids: list[str] = []
-        self._exact: dict[str, int] = {}  # folded instruction -> its position in the pool
-        for text, id_ in [(s.instruction, s.id) for s in seeds] + [(a.instruction, a.id) for a in accepted]:
-            self._admit(text, id_)
+        # When another process fills in the nearest of accepted tasks (see fill_nearest), the
+        # decision only asks whether anything scores above the threshold: a far cheaper search.
+        self.defer_nearest = False
+        self._ids = _TaskIds()
+        self._exact = _ExactCopies(self.index.text)
+        self.admit_many([s.instruction for s in seeds] + [a.instruction for a in accepted],
+                        [s.id for s in seeds] + [a.id for a in accepted])  # fmt: skip
         self._next_number = next_task_number
 
-    def admit(self, instruction: str, id_: str) -> None:
-        """Put an accepted task into the pool (tasks read from disk, in file order)."""
-        self._admit(instruction, id_)
+    def admit_many(self, instructions: Sequence[str], ids: Sequence[str]) -> None:
+        """Put accepted tasks into the pool in one bulk build (a resume loads every one of them)."""
+        first = len(self._ids)
+        self.index.extend(instructions)
+        self._ids.extend(ids)
+        for position, text in enumerate(instructions, first):
+            self._exact.add(text, position)
 
     def _admit(self, instruction: str, id_: str) -> None:
         position = self.index.add(instruction)
         self._ids.append(id_)
-        self._exact.setdefault(_exact_key(instruction), position)
+        self._exact.add(instruction, position)
 
     def _new_id(self) -> str:
         number = self._next_number
         self._next_number += 1
-        return f"task-{number:06d}"
+        return _task_id(number)
 
     @property
     def next_task_number(self) -> int:
@@ -159,7 +236,7 @@ class Judge:
         if failed:
             return Reject(candidate, failed[0], failed[1])
         key = _exact_key(candidate.instruction)
-        copy_of = self._exact.get(key)
+        copy_of = self._exact.find(key)
         if copy_of is not None:
             return Reject(
                 candidate, "near_duplicate", "the same instruction is already in the pool", 1.0,
@@ -167,13 +244,43 @@ class Judge:
             )  # fmt: skip
         if verdict is not None and self.tokenizer == "rouge" and not tokenize(candidate.instruction, "rouge"):
             verdict.untokenizable += 1
-        score, nearest = self.index.nearest(candidate.instruction)
-        nearest_text = self.index.text(nearest) if nearest is not None else ""
-        nearest_id = self._ids[nearest] if nearest is not None else None
+        if self.defer_nearest:
+            # Only "is anything above the threshold?": a near-duplicate still gets its exact nearest.
+            found = self.index.max_above(candidate.instruction, self.threshold)
+            score, nearest = found if found is not None else (0.0, None)
+        else:
+            score, nearest = self.index.nearest(candidate.instruction)
+        nearest_text, nearest_id = self._named(nearest)
         if score > self.threshold:
             return Reject(
                 candidate, "near_duplicate", f"ROUGE-L {score:.3f} > {self.threshold}", score, nearest_text, nearest_id
             )
+        if self.defer_nearest:
+            runner_up = self.index.runner_up(candidate.instruction)
+            id_ = self._new_id()
+            self._admit(candidate.instruction, id_)
+            return Accept(candidate, id_, _PENDING, "", None, runner_up)
         id_ = self._new_id()
         self._admit(candidate.instruction, id_)
         return Accept(candidate, id_, score, nearest_text, nearest_id)
+
+    def _named(self, position: int | None) -> tuple[str, str | None]:
+        if position is None:
+            return "", None
+        return self.index.text(position), self._ids[position]
+
+    def fill_nearest(self, verdict: Verdict) -> Verdict:
+        """The verdict of a ``defer_nearest`` judge with each accepted task's exact nearest filled in.
+
+        This judge's pool must equal the deciding judge's before that verdict: each accepted
+        task is scored against the pool, then joins it, in order, as the decider did.
+        """
+        decisions: list[Accept | Reject] = []
+        for decision in verdict.decisions:
+            if isinstance(decision, Accept):
+                score, nearest = self.index.nearest(decision.candidate.instruction, runner_up=decision.runner_up)
+                nearest_text, nearest_id = self._named(nearest)
+                self._admit(decision.candidate.instruction, decision.id)
+                decision = replace(decision, rouge_l=score, nearest=nearest_text, nearest_id=nearest_id, runner_up=None)
+            decisions.append(decision)
+        return replace(verdict, decisions=decisions)

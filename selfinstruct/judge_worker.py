@@ -11,6 +11,11 @@ keeps the room left below the target, so it never accepts past it. The engine co
 verdict as it arrives, in order. A killed parent closes the pipe and the child exits; a child
 that dies fails the run with a message, and the same command resumes.
 
+Once its pool is built, the child forks (where it can): the decider then only asks "is anything
+above the threshold?" and the fork, holding the same pool, fills in the exact nearest of each
+accepted task -- the costlier search -- while the decider goes on. Verdicts pass through the fork
+in order, so the parent still gets them one by one, complete. See :func:`_split`.
+
 Messages are length-prefixed pickles over the child's stdin/stdout (its own code at both ends).
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -36,7 +42,7 @@ from .errors import SelfInstructError
 from .filters import FilterConfig
 from .judge import Judge, Verdict
 from .records import AcceptedTask, SeedTask
-from .store import without_gc
+from .store import release_freed_memory, without_gc
 
 __all__ = ["JudgeWorker", "JudgeWorkerDied", "worthwhile"]
 
@@ -120,6 +126,8 @@ class JudgeWorker:
         self._loop = asyncio.get_running_loop()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = "1"  # no BLAS thread pool: nothing here uses it, and the child forks
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "selfinstruct.judge_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
@@ -172,7 +180,10 @@ class JudgeWorker:
         try:
             while True:
                 sequence, ok, value = _receive(self._proc.stdout)
-                self._loop.call_soon_threadsafe(self._deliver, sequence, ok, value)
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, sequence, ok, value)
+                except RuntimeError:  # the loop is closed: the run is over, nobody waits any more
+                    return
         except (EOFError, OSError, ValueError, pickle.UnpicklingError):
             with contextlib.suppress(OSError):
                 self._proc.stdout.close()
@@ -233,7 +244,8 @@ def _package_root() -> str:
 
 def _pool_from_file(judge: Judge, path: str) -> tuple[int, str]:
     """Admit the tasks of ``path`` the way the store reads them (unreadable lines skipped)."""
-    count, last_id = 0, ""
+    texts: list[str] = []
+    ids: list[str] = []
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -249,10 +261,10 @@ def _pool_from_file(judge: Judge, path: str) -> tuple[int, str]:
                 continue  # a line the store quarantines; any other difference shows in the count
             if not isinstance(text, str) or not isinstance(id_, str):
                 continue
-            judge.admit(text, id_)
-            count += 1
-            last_id = id_
-    return count, last_id
+            texts.append(text)
+            ids.append(id_)
+        judge.admit_many(texts, ids)
+    return len(ids), (ids[-1] if ids else "")
 
 
 def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
@@ -264,14 +276,14 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
 
     judge = fresh_judge()
     count, last_id = _pool_from_file(judge, setup.accepted_file)
+    release_freed_memory()
     _send(outbox, (sequence, True, None))
     while True:  # until the parent's store agrees with the pool
         sequence, message = _receive(inbox)
         if isinstance(message, _Pool):
             judge = fresh_judge()
             with without_gc():
-                for text, id_ in message.pairs:
-                    judge.admit(text, id_)
+                judge.admit_many([text for text, _ in message.pairs], [id_ for _, id_ in message.pairs])
             count, last_id = len(message.pairs), message.pairs[-1][1] if message.pairs else ""
             _send(outbox, (sequence, True, None))
             continue
@@ -281,6 +293,7 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             judge.next_task_number = message.next_task_number
             room = message.room
             break
+    outbox = _split(judge, inbox, outbox)
     while True:
         sequence, (text, finish_reason, continuation_number) = _receive(inbox)
         try:
@@ -290,6 +303,53 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             return
         room -= len(verdict.accepted)
         _send(outbox, (sequence, True, verdict))
+
+
+def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
+    """Fork a second process that fills in the exact nearest of accepted tasks; return the pipe to it.
+
+    The decision then only asks "is anything above the threshold?", several times cheaper than
+    the full nearest-neighbour search, which moves to the fork and overlaps with the next
+    decisions. The fork starts from this very pool (no second build, pages shared until
+    written), judges nothing, and sees the verdicts in the order they were made, so its pool
+    before each accepted task is the decider's. The chain keeps the order: parent -> decider
+    -> nearest -> parent. Whoever of the chain ends, the others see end-of-file and exit.
+    """
+    if not hasattr(os, "fork"):
+        return outbox  # no fork (Windows): decide and compute the nearest here, as before
+    judge.index.prepare(judge.threshold)  # both processes search through it
+    release_freed_memory()
+    read_end, write_end = os.pipe()
+    gc.freeze()  # the pool lives in both processes: keep the collector off its pages
+    if os.fork() == 0:
+        exit_code = 0
+        try:
+            os.close(write_end)
+            inbox.close()
+            with os.fdopen(read_end, "rb") as decided:
+                _fill_nearest(judge, decided, outbox)
+        except (EOFError, BrokenPipeError):
+            pass
+        except BaseException:  # noqa: BLE001 - never return into the decider's code
+            exit_code = 1
+        finally:
+            os._exit(exit_code)
+    os.close(read_end)
+    outbox.close()
+    judge.defer_nearest = True
+    return os.fdopen(write_end, "wb")
+
+
+def _fill_nearest(judge: Judge, decided: IO[bytes], outbox: IO[bytes]) -> None:
+    while True:
+        sequence, ok, value = _receive(decided)
+        if ok and isinstance(value, Verdict):
+            try:
+                value = judge.fill_nearest(value)
+            except Exception:  # noqa: BLE001 - reported to the parent, which stops the run with it
+                _send(outbox, (sequence, False, traceback.format_exc(limit=8)))
+                return
+        _send(outbox, (sequence, ok, value))
 
 
 def main() -> None:

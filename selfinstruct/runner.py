@@ -26,7 +26,7 @@ from .config import RunConfig, describe_change
 from .errors import ConfigError, SeedError, SelfInstructError, error_text
 from .records import Counters, SeedTask, Status
 from .local import model_server
-from .store import RunStore, now_utc, settings_fingerprint, without_gc
+from .store import RunStore, now_utc, release_freed_memory, settings_fingerprint, without_gc
 
 __all__ = ["RunSummary", "generate", "run_generation"]
 
@@ -236,6 +236,7 @@ class _Session:
         except BaseException:
             await self._close_worker()
             raise
+        release_freed_memory()  # reading a big store leaves freed temporaries resident
         try:
             for notice in store.notices:
                 log.warning(notice)

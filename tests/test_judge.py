@@ -8,7 +8,7 @@ from rouge_score import rouge_scorer
 from selfinstruct.filters import FilterConfig
 from selfinstruct.judge import Accept, Judge, Reject
 from selfinstruct.prompts import render_block
-from selfinstruct.records import AcceptedTask, SeedTask
+from selfinstruct.records import AcceptedTask, Candidate, SeedTask
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 SEEDS = [
@@ -112,3 +112,54 @@ def test_identical_non_english_instructions_are_caught_with_either_tokenizer(tok
     assert isinstance(first, Accept)
     assert isinstance(second, Reject) and second.reason == "near_duplicate" and second.nearest_id == first.id
     assert verdict.untokenizable == (1 if tokenizer == "rouge" else 0)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["postings", "decision-index"])
+def test_a_deciding_judge_and_a_nearest_filling_judge_give_the_same_verdicts(prepared: bool) -> None:
+    # The split the judging process makes: one judge only decides, a replica of its pool fills in
+    # the nearest of each accepted task (with the decision index built, from the decision's
+    # runner-up). Together they must equal one judge doing both.
+    whole, deciding, filling = make_judge(), make_judge(), make_judge()
+    deciding.defer_nearest = True
+    if prepared:
+        filling.index.prepare(0.7)
+    base = [
+        "Write a short poem about the sea at night for a child.",
+        "Write a short poem about autumn leaves for a child who loves colours.",
+        "Give three practical tips for keeping houseplants alive in winter.",
+        "Give three practical tips for keeping houseplants alive in winter. Be brief.",
+        "Explain how a rainbow forms after a summer storm.",
+        "Explain how a rainbow forms after a storm in summer, step by step.",
+        "Name two board games that a family of four can play on a rainy day.",
+    ]
+    answers = [answer(*[(text, "", "Some answer.") for text in base[i : i + 3]]) for i in range(0, len(base), 2)]
+    pending = hinted = 0
+    for text in answers:
+        expected = whole.judge(text, finish_reason="stop", continuation_number=None, room=10)
+        decided = deciding.judge(text, finish_reason="stop", continuation_number=None, room=10)
+        pending += sum(1 for d in decided.accepted if d.nearest_id is None)
+        hinted += sum(1 for d in decided.accepted if d.runner_up is not None)
+        assert [type(d) for d in decided.decisions] == [type(d) for d in expected.decisions]
+        assert decided.rejected == expected.rejected  # a near-duplicate's exact nearest is found either way
+        assert filling.fill_nearest(decided) == expected
+    assert pending > 0 and hinted > 0 and len(whole.index) == len(deciding.index) == len(filling.index)
+
+
+@pytest.mark.parametrize("clash", [False, True], ids=["hashes", "every-hash-clashes"])
+def test_exact_copies_are_caught_whatever_their_hashes(monkeypatch: pytest.MonkeyPatch, clash: bool) -> None:
+    # Copies are found by the folded text's hash; a hash two texts share must not hide either.
+    import selfinstruct.judge as judge_module
+
+    if clash:
+        monkeypatch.setattr(judge_module, "_fold_hash", lambda key: 7)
+    earlier = [
+        AcceptedTask(id="task-000000", instruction="Write a poem about the sea at dawn.", input="", output="o", request=0),
+        AcceptedTask(id="custom-id", instruction="List five rivers of South America.", input="", output="o", request=0),
+    ]
+    judge = make_judge(earlier)
+    for text, nearest_id in (("WRITE a poem  about the sea at dawn.", "task-000000"), ("list five rivers of south   America.", "custom-id")):
+        decision = judge.decide(Candidate(instruction=text, input="", output="A poem."))
+        assert isinstance(decision, Reject) and decision.detail == "the same instruction is already in the pool"
+        assert decision.nearest_id == nearest_id
+    fresh = judge.decide(Candidate(instruction="Describe a quiet forest after the rain.", input="", output="A story."))
+    assert isinstance(fresh, Accept) and fresh.id == "task-000002"

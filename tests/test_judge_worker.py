@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import assert_valid_dataset, generate_args, lines, one_error_line, run_cli, spawn, wait_for_lines
 from fake_openai import FakeOpenAI
 
@@ -51,20 +52,23 @@ def test_the_worker_gives_the_same_dataset_as_the_event_loop(tmp_path: Path) -> 
     assert datasets[0] == datasets[2] and datasets[1] == datasets[3]
 
 
-def start_with_worker(out: Path, server: FakeOpenAI) -> tuple[subprocess.Popen, int]:
-    """A run under way (20 tasks in) and the pid of its judging process."""
+def start_with_worker(out: Path, server: FakeOpenAI) -> tuple[subprocess.Popen, int, int]:
+    """A run under way (20 tasks in), the pid of its deciding process and of the fork filling in nearests."""
     proc = spawn(generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
     wait_for_lines(out / "instructions.jsonl", 20, proc)
     pids = worker_pids(proc.pid)
     assert len(pids) == 1, pids
-    return proc, pids[0]
+    forks = worker_pids(pids[0])
+    assert len(forks) == 1, forks
+    return proc, pids[0], forks[0]
 
 
-def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["decider", "nearest"])
+def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path, which: str) -> None:
     out = tmp_path / "run"
     with FakeOpenAI(latency=0.02) as server:
-        proc, worker = start_with_worker(out, server)
-        os.kill(worker, signal.SIGKILL)
+        proc, decider, nearest = start_with_worker(out, server)
+        os.kill(decider if which == "decider" else nearest, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 1, stderr
         assert "the judging process ended unexpectedly" in one_error_line(stderr)
@@ -77,13 +81,13 @@ def test_a_dead_worker_is_one_clear_error_and_the_run_resumes(tmp_path: Path) ->
 def test_killing_the_run_leaves_no_judging_process_behind(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with FakeOpenAI(latency=0.02) as server:
-        proc, worker = start_with_worker(out, server)
+        proc, decider, nearest = start_with_worker(out, server)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         deadline = time.monotonic() + 30
-        while alive(worker) and time.monotonic() < deadline:  # it sees its pipe close and exits
+        while (alive(decider) or alive(nearest)) and time.monotonic() < deadline:  # each sees its pipe close
             time.sleep(0.05)
-        assert not alive(worker)
+        assert not alive(decider) and not alive(nearest)
         result = run_cli(*generate_args(out, server, 400, "--concurrency", "2", "--filter-process", "yes"))
         assert result.returncode == 0, result.stderr
         assert_valid_dataset(out, 400, server)
@@ -94,7 +98,7 @@ def _pool_checks(tmp_path: Path, *, torn_last_line: bool) -> None:
 
     from fake_openai import format_tasks
     from selfinstruct.filters import FilterConfig
-    from selfinstruct.judge import Accept, Reject
+    from selfinstruct.judge import Accept, Judge, Reject
     from selfinstruct.judge_worker import JudgeWorker
     from selfinstruct.records import AcceptedTask
     from selfinstruct.seeds import load_seed_tasks
@@ -125,6 +129,12 @@ def _pool_checks(tmp_path: Path, *, torn_last_line: bool) -> None:
     copy, fresh = asyncio.run(go())
     assert isinstance(copy, Reject) and copy.reason == "near_duplicate" and copy.nearest_id == tasks[-1].id
     assert isinstance(fresh, Accept) and fresh.id == "task-000030"
+    # Its nearest, filled in by the fork, is the one a judge in this process finds.
+    here = Judge(filters=FilterConfig(), threshold=0.7, tokenizer="rouge", seeds=load_seed_tasks(), accepted=tasks,
+                 next_task_number=30)  # fmt: skip
+    expected = here.decide(fresh.candidate)
+    assert isinstance(expected, Accept) and expected.nearest_id is not None
+    assert (fresh.rouge_l, fresh.nearest, fresh.nearest_id) == (expected.rouge_l, expected.nearest, expected.nearest_id)
 
 
 def test_the_worker_reads_the_pool_itself_and_numbers_on(tmp_path: Path) -> None:
