@@ -3,8 +3,9 @@
 A run directory of N accepted tasks (instruction-like text from `instruction_text.py`) is written
 once; each measurement gets a fresh copy, starts the real CLI against a loopback fake server, and
 records the time until the server sees the first completion request, and the peak resident memory
-of the whole process tree (the CLI and, when used, its judging process) until then, sampled every
-20 ms. Then the run is stopped with SIGTERM.
+of the whole process tree (the CLI and, when used, its judging processes) until then and for 3 s
+more, sampled every 20-50 ms, as the sum of RSS and the sum of PSS (shared pages counted once).
+Then the run is stopped with SIGTERM.
 
 Columns: "before" is the code of a git revision (default: the one before judging moved to its
 own process), "after" the working tree, "after, in-process" the working tree with
@@ -56,29 +57,35 @@ def write_run(directory: Path, size: int) -> None:
             store.commit(None, batch)
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of ``root`` and its descendants."""
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """Resident memory of ``root`` and its descendants: the sum of their RSS, and of their PSS.
+
+    A forked process shares its parent's pages until either writes them; RSS counts a shared page
+    in each process, PSS divides it among them, so the PSS sum is what the tree really holds."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
-            status = (proc / "status").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(proc.name))
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                rss[int(proc.name)] = int(line.split()[1])
-    total, todo = 0, [root]
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(proc.name))
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
         todo.extend(children.get(pid, []))
-    return total / 1024
+        try:
+            rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Rss:"):
+                rss += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
 
 
 def measure(template: Path, size: int, code: Path, extra: list[str]) -> dict[str, float]:
@@ -99,17 +106,26 @@ def measure(template: Path, size: int, code: Path, extra: list[str]) -> dict[str
                     "--base-url", server.base_url, "--seed", "1", "-q", "--concurrency", "1", *extra]  # fmt: skip
             start = time.monotonic()
             proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
-            peak = 0.0
+            peak_rss = peak_pss = 0.0
+
+            def sample() -> None:
+                nonlocal peak_rss, peak_pss
+                rss, pss = tree_memory_mb(proc.pid)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+
             while not first.is_set() and proc.poll() is None:
-                peak = max(peak, tree_rss_mb(proc.pid))
+                sample()
                 first.wait(0.02)
             seconds = time.monotonic() - start
-            peak = max(peak, tree_rss_mb(proc.pid))
+            settle = time.monotonic() + 3.0  # the judging process forks after its pool is built
+            while time.monotonic() < settle and proc.poll() is None:
+                sample()
+                time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=120)
             if not first.is_set():
                 raise RuntimeError(f"no request was sent: {stderr.decode()[-500:]}")
-    return {"seconds": seconds, "rss_mb": peak}
+    return {"seconds": seconds, "rss_mb": peak_rss, "pss_mb": peak_pss}
 
 
 def code_at(rev: str, into: Path) -> Path:
@@ -123,21 +139,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="200k", help="comma list of run sizes, e.g. 200k,1M")
     parser.add_argument("--before", default="05182f6^", help="git revision for the before column")
+    parser.add_argument("--columns", default="before,after,after, in-process", help="which columns to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         before = code_at(args.before, Path(tmp) / "before")
         columns = [("before", before, []), ("after", REPO, []), ("after, in-process", REPO, ["--filter-process", "no"])]
-        print(f"{'tasks':>9}  {'column':<20} {'to first request':>17} {'peak RSS (tree)':>16}")
+        print(f"{'tasks':>9}  {'column':<20} {'to first request':>17} {'peak RSS (tree)':>16} {'peak PSS (tree)':>16}")
         for size in (parse_size(s) for s in args.sizes.split(",")):
             template = Path(tmp) / f"run-{size}"
             started = time.monotonic()
             write_run(template, size)
             print(f"# wrote {size:,} tasks in {time.monotonic() - started:.0f} s", file=sys.stderr)
             for name, code, extra in columns:
+                if name not in args.columns.split(","):
+                    continue
                 if name == "after, in-process" and size > 200_000:
                     continue  # the same index in one process: the before column shows its cost
                 result = measure(template, size, code, extra)
-                print(f"{size:>9,}  {name:<20} {result['seconds']:>15.1f} s {result['rss_mb']:>13.0f} MB", flush=True)
+                print(f"{size:>9,}  {name:<20} {result['seconds']:>15.1f} s {result['rss_mb']:>13.0f} MB"
+                      f" {result['pss_mb']:>13.0f} MB", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

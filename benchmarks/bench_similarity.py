@@ -1,52 +1,73 @@
 #!/usr/bin/env python3
-"""Benchmark selfinstruct.similarity.RougeLIndex against rouge-score brute force.
+"""Benchmark the near-duplicate decision and the nearest of accepted tasks, before and after.
 
-Pools are built from real English sentences (one {"instruction": ...} per line). The 1M pool
-is the real sentences plus recombinations (first half of one sentence + second half of
-another, fixed seed). Queries are held-out sentences (realistic new candidates) plus edited
-copies of pool sentences (near-duplicates with scores spread around the 0.7 threshold).
+Before = ``selfinstruct/similarity.py`` and ``selfinstruct/judge.py`` as of BASELINE_COMMIT
+(loaded with ``git show`` into temporary modules; the judge calls ``nearest`` on every
+candidate and rejects when it is above 0.7). After = the working tree, as its judging processes
+use it: the decider asks ``max_above`` (the decision, with the exact nearest of a
+near-duplicate); its fork computes the exact nearest of each accepted task with ``nearest``,
+starting from the decision's ``runner_up``. Each run and version runs in its own child process,
+so its RSS is its own. Times are thread CPU time (the machine may be shared); wall time too.
 
-Every size runs in its own child process so that peak RSS belongs to that size alone.
-Per size it prints: median / p90 ms per ``nearest``; rouge-score brute force ms per query
-(measured in full at small sizes, extrapolated from the measured per-pair cost at large ones,
-marked "~"); their ratio; peak RSS (taken after build and the timed queries, before any
-checking); build time; and accept/reject disagreements at threshold 0.7:
-  * vs rouge-score brute force on a sample of queries (all sizes up to 52k);
-  * vs an independent exact full scan (same tokenizer, rapidfuzz LCS of the query against
-    every pool text, no pruning) for all queries -- at 1M for the first --check-1m queries.
-Score mismatches (any float difference from the full scan) are counted too.
+Runs (``KIND:SIZE``):
 
-    python3 benchmarks/bench_similarity.py --sizes 1k,10k,52k,1M --queries 200
+* ``instructions`` -- ``benchmarks/instruction_text.py``: templated instructions built from
+  the shared sentences with Zipf-distributed frames and topics. The pool is what a run keeps:
+  the source's stream (fresh instructions, 30 % paraphrases of kept ones) through the exact
+  filter (``instruction_text.filtered_pool``, cached: 52k takes about 1.5 minutes to build, 1M
+  about an hour). Candidates: new draws, 30 % paraphrases of pool texts.
+* ``sentences`` -- plain sentences of the data file (shuffled): the pool is a prefix, the
+  candidates are other sentences and 30 % paraphrases of pool ones. Shows that prose, whose
+  nearest is usually far, did not get slower.
+
+Per run and version: the Judge built from the pool as accepted records (a resume) and the
+first decision (after: it builds the decision index); ``decision`` per candidate (before:
+``nearest``; after: ``max_above``, and ``first_above`` for reference); ``nearest (accepted)``
+for the candidates not above 0.7; ``judged/s``: in-process ``Judge.decide`` (filters, exact
+copies, nearest, id, add) over a second stream, and after: ``split ms/cand``, the CPU the
+two judging processes spend per candidate together (decider + nearest filler) on that
+stream; RSS of the child; exactness: after's decisions, (score, id) and accepted lists vs
+before's, and vs ``rouge-score`` brute force on a sample for pools up to 52k.
+
+    python benchmarks/bench_similarity.py --quick   # 10k instructions and sentences: ~1 min
+    python benchmarks/bench_similarity.py           # instructions 52k, sentences 20k: ~6 min
+    python benchmarks/bench_similarity.py --big     # adds instructions 1M (an hour to build once)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
-import resource
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "english_sentences.jsonl"
-THRESHOLD = 0.7
-SEED = 20240611
+from instruction_text import (  # noqa: E402
+    DEFAULT_CACHE,
+    DEFAULT_DATA,
+    NEAR_SHARE,
+    POOL_SEED,
+    THRESHOLD,
+    InstructionSource,
+    filtered_pool,
+    load_sentences,
+)
 
-
-LEGEND = """
-ours/held/near = median (p90) ms per nearest() over all / held-out / near-duplicate queries.
-brute ms = rouge-score brute force per query; '~' = extrapolated: measured per-pair cost x size.
-ratio = brute ms / ours ms (all queries). RSS = peak of the child process after build + queries.
-build s = extend() + 1000 add(); add us = mean add() cost.  rej = queries scoring >= 0.7.
-brute chk/dis/mis = queries brute-forced with rouge-score / decision disagreements / (score, id)
-  mismatches.  scan chk/dis/mis = the same against an exact full scan (no pruning)."""
+BASELINE_COMMIT = "9832628"  # main before the decision index and the split judging processes
+CAND_SEED = 7
 
 
 def parse_size(s: str) -> int:
@@ -55,214 +76,325 @@ def parse_size(s: str) -> int:
     return int(float(s[:-1] if mult > 1 else s) * mult)
 
 
-def load_sentences(path: Path) -> list[str]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
+def load_baseline() -> ModuleType:
+    """similarity.py as of BASELINE_COMMIT, as the module selfinstruct._baseline_similarity."""
+    src = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:selfinstruct/similarity.py"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout  # fmt: skip
+    spec = importlib.util.spec_from_loader("selfinstruct._baseline_similarity", loader=None)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "selfinstruct"  # its `from .errors import ...` resolves in the package
+    sys.modules[spec.name] = mod
+    exec(compile(src, f"{BASELINE_COMMIT[:7]}:selfinstruct/similarity.py", "exec"), mod.__dict__)
+    return mod
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc), so that RSS shows what is still in use."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MB (VmRSS, VmHWM: unlike
+    ru_maxrss, the peak does not include the parent's RSS inherited at fork)."""
+    fields = {}
+    with open("/proc/self/status") as fh:
         for line in fh:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line)["instruction"])
-    return out
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024  # kB
+    return fields["VmRSS"], fields["VmHWM"]
 
 
-def make_workload(
-    sentences: list[str], size: int, n_queries: int
-) -> tuple[list[str], list[str], list[str]]:
-    """Return (pool, held-out queries, near-duplicate queries), deterministic for a seed."""
-    rng = random.Random(SEED)
-    sents = list(dict.fromkeys(sentences))  # drop exact repeats so held-out means unseen
-    rng.shuffle(sents)
-    n_held = n_queries - n_queries // 4
-    held, material = sents[:n_held], sents[n_held:]
-    if size <= len(material):
-        pool = material[:size]
+def timed(fn: Callable[[str], object], items: list[str]) -> tuple[list[object], dict]:
+    out, cpu, wall = [], [], []
+    for x in items:
+        w, c = time.perf_counter(), time.thread_time()
+        out.append(fn(x))
+        cpu.append(time.thread_time() - c)
+        wall.append(time.perf_counter() - w)
+    return out, stats(cpu, wall)
+
+
+def stats(cpu: list[float], wall: list[float]) -> dict:
+    if not cpu:
+        return {}
+    a, w = np.array(cpu) * 1e3, np.array(wall) * 1e3
+    return {"n": len(a), "mean": a.mean(), "p50": np.percentile(a, 50), "p90": np.percentile(a, 90),
+            "p99": np.percentile(a, 99), "max": a.max(), "wall_mean": w.mean(),
+            "wall_p99": np.percentile(w, 99)}  # fmt: skip
+
+
+def load_baseline_judge() -> ModuleType:
+    """judge.py as of BASELINE_COMMIT on top of the baseline similarity module."""
+    base = load_baseline()
+    src = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:selfinstruct/judge.py"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout  # fmt: skip
+    src = src.replace("from .similarity import", f"from {base.__name__} import")
+    spec = importlib.util.spec_from_loader("selfinstruct._baseline_judge", loader=None)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "selfinstruct"
+    sys.modules[spec.name] = mod
+    exec(compile(src, f"{BASELINE_COMMIT[:7]}:selfinstruct/judge.py", "exec"), mod.__dict__)
+    return mod
+
+
+def sentence_pool(data: Path, size: int, queries: int) -> tuple[list[str], list[str], InstructionSource]:
+    """Plain sentences: a shuffled prefix as the pool, the rest as fresh candidates."""
+    sentences = load_sentences(data)
+    random.Random(POOL_SEED).shuffle(sentences)
+    if size + 3 * queries > len(sentences):
+        sys.exit(f"{data} has {len(sentences):,} sentences: too few for a {size:,} pool")
+    return sentences[:size], sentences[size:], InstructionSource(sentences)
+
+
+def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_file: Path) -> dict:
+    """One text kind, pool size and version: resume a Judge, time, check; the result as a dict."""
+    import gc
+
+    from selfinstruct.filters import FilterConfig
+    from selfinstruct.records import AcceptedTask, Candidate
+
+    if kind == "instructions":
+        pool, detail = filtered_pool(size, Path(args.cache), Path(args.data))
+        src = InstructionSource(load_sentences(Path(args.data)))
+        src.detail = detail
+        fresh_texts: list[str] = []
     else:
-        pool = list(material)
-        words = [s.split() for s in material]
-        while len(pool) < size:
-            a, b = rng.choice(words), rng.choice(words)
-            pool.append(" ".join(a[: len(a) // 2] + b[len(b) // 2 :]))
-    vocab = [w for s in material[:5000] for w in s.split()]
-    near = []
-    for _ in range(n_queries // 4):
-        ws = rng.choice(pool).split()
-        for _ in range(rng.randint(0, max(1, len(ws) // 3))):  # edits push F around 0.7
-            op, i = rng.random(), rng.randrange(len(ws))
-            if op < 0.4:
-                ws[i] = rng.choice(vocab)
-            elif op < 0.7 and len(ws) > 1:
-                del ws[i]
-            else:
-                ws.insert(i, rng.choice(vocab))
-        near.append(" ".join(ws))
-    return pool, held, near
+        pool, fresh_texts, src = sentence_pool(Path(args.data), size, args.queries)
 
+    def stream(seed: int, texts: list[str] = pool) -> list[str]:
+        src.rng = random.Random(seed)
+        if kind == "instructions":
+            return src.candidates(args.queries, texts, near_share=NEAR_SHARE)
+        out = []
+        for _ in range(args.queries):
+            near = src.rng.random() < NEAR_SHARE
+            out.append(src.paraphrase(src.rng.choice(texts)) if near else src.rng.choice(fresh_texts))
+        return out
 
-def rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def run_one(args: argparse.Namespace, size: int) -> dict:
-    import numpy as np
-    from rapidfuzz.distance import LCSseq
-    from rapidfuzz.process import cdist
-
-    from selfinstruct.similarity import RougeLIndex, tokenize
-
-    sentences = load_sentences(Path(args.data))
-    pool, held, near = make_workload(sentences, size, args.queries)
-    del sentences
-    queries = held + near
-
-    idx = RougeLIndex()
+    # All candidates are drawn before the Judge is built so that the pool list can be freed.
+    cands, judge_texts = stream(CAND_SEED), stream(CAND_SEED + 1)
+    judge_mod = load_baseline_judge() if version == "before" else importlib.import_module("selfinstruct.judge")
+    # A resumed run: the Judge built from every accepted record (no seeds: the pool is the run).
+    tasks = [AcceptedTask(id=f"task-{i:07d}", instruction=t, input="", output="x", request=0)
+             for i, t in enumerate(pool)]  # fmt: skip
+    n_pool = len(pool)
+    brute_pool = pool if size <= 52_000 and args.brute > 0 else None
+    del pool
+    gc.collect()
     t0 = time.perf_counter()
-    idx.extend(pool[: max(0, size - 1000)])
-    t1 = time.perf_counter()
-    for text in pool[max(0, size - 1000) :]:
-        idx.add(text)
-    t2 = time.perf_counter()
-    n_added = size - max(0, size - 1000)
-
-    idx.nearest(queries[0])  # warm caches once
-    times, ours = [], []
-    for q in queries:
-        t = time.perf_counter()
-        ours.append(idx.nearest(q))
-        times.append((time.perf_counter() - t) * 1000)
-    peak = rss_peak_mb()
-    held_ms = times[: len(held)]
-    near_ms = times[len(held) :]
-
-    # rouge-score brute force: full scans where affordable, else a per-pair sample. Imported
-    # only now so that its dependencies (nltk, absl) do not count in the index's peak RSS.
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    brute_full = size <= args.brute_full_max
-    rng = random.Random(SEED + 1)
-    brute_ms: list[float] = []
-    brute_checked = brute_disagree = brute_mismatch = 0
-    if brute_full:
-        n_brute = max(3, min(len(queries), args.brute_pairs // size))
-        sample = rng.sample(range(len(queries)), min(n_brute, len(queries)))
-        for qi in sample:
-            t = time.perf_counter()
-            scores = [scorer.score(p, queries[qi])["rougeL"].fmeasure for p in pool]
-            brute_ms.append((time.perf_counter() - t) * 1000)
-            best = max(scores)
-            brute_checked += 1
-            brute_disagree += (best >= THRESHOLD) != (ours[qi][0] >= THRESHOLD)
-            best_id = scores.index(best) if best > 0 else None
-            brute_mismatch += (best, best_id) != ours[qi]
-        brute_q_ms = statistics.median(brute_ms)
+    judge = judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
+                            accepted=tasks, next_task_number=n_pool)  # fmt: skip
+    row: dict = {"kind": kind, "size": size, "version": version, "queries": len(cands),
+                 "judge_init_s": time.perf_counter() - t0}  # fmt: skip
+    del tasks
+    gc.collect()
+    release_freed_memory()
+    row["rss_built_mb"] = rss_mb()[0]
+    idx = judge.index
+    gc.disable()  # a collection would land in a random query's time
+    t = THRESHOLD
+    if version == "before":
+        t1 = time.perf_counter()
+        idx.nearest("warm up the caches")
+        row["first_decision_s"] = time.perf_counter() - t1
+        res, row["decision"] = timed(idx.nearest, cands)
+        ref = [(float(sc), i) for sc, i in res]
+        ref_file.write_text(json.dumps(ref))
+        dup = [sc > t for sc, _ in ref]
+        _, row["nearest_accepted"] = timed(idx.nearest, [c for c, d in zip(cands, dup) if not d])
     else:
-        # Per-pair cost on random pairs, times the pool size.
-        pairs = [
-            (rng.choice(pool), rng.choice(queries)) for _ in range(min(args.brute_pairs, 30_000))
-        ]
-        t = time.perf_counter()
-        for p, q in pairs:
-            scorer.score(p, q)
-        brute_q_ms = (time.perf_counter() - t) / len(pairs) * size * 1000
+        ref = [tuple(x) for x in json.loads(ref_file.read_text())] if ref_file.exists() else None
+        t1 = time.perf_counter()
+        idx.max_above("warm up the caches", t)  # builds the decision index
+        row["first_decision_s"] = time.perf_counter() - t1
+        hits, row["decision"] = timed(lambda c: idx.max_above(c, t), cands)
+        _, row["first_above"] = timed(lambda c: idx.first_above(c, t), cands)
+        dup = [h is not None for h in hits]
+        accepted = [c for c, d in zip(cands, dup) if not d]
+        got = {}  # the judging processes' way: the decision, then nearest() from its runner-up
+        cpu, wall = [], []
+        for c in accepted:
+            assert idx.max_above(c, t) is None
+            runner_up = idx.runner_up(c)
+            idx._hint = None  # as in the other process: only what the decider sent is known
+            w, c0 = time.perf_counter(), time.thread_time()
+            got[c] = idx.nearest(c, runner_up=runner_up)
+            cpu.append(time.thread_time() - c0)
+            wall.append(time.perf_counter() - w)
+        row["nearest_accepted"] = stats(cpu, wall)
+        res = [h if h is not None else got[c] for c, h in zip(cands, hits)]
+        if ref is not None:
+            row["decisions_differ"] = sum((sc > t) != d for (sc, _), d in zip(ref, dup))
+            row["nearest_differ"] = sum((sc, i) != tuple(r) for (sc, i), r in zip(ref, res))
+    row["rejected"] = sum(dup) / len(dup)
+    # rouge-score brute force on a sample of candidates (pools up to 52k).
+    if brute_pool is not None:
+        from rouge_score import rouge_scorer
 
-    # Independent exact full scan: same tokenizer, LCS of the query with every pool text.
-    n_scan = len(queries) if size <= 100_000 else min(len(queries), args.check_1m)
-    near_part = min(len(near), n_scan // 4)
-    scan_idx = list(range(n_scan - near_part)) + list(range(len(held), len(held) + near_part))
-    vocab: dict[str, str] = {}
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        sample = random.Random(1).sample(range(len(cands)), min(len(cands), args.brute))
+        bad = 0
+        for k in sample:
+            scores = [scorer.score(p, cands[k])["rougeL"].fmeasure for p in brute_pool]
+            best = max(scores)
+            want = (best, scores.index(best)) if best > 0 else (0.0, None)
+            bad += tuple(res[k]) != want or (best > t) != dup[k]
+        row["brute_checked"], row["brute_bad"] = len(sample), bad
+        del brute_pool
+    # The whole judge path last (it grows the pool): filters, exact copies, the decision, and
+    # for an accepted task its id, add() and the exact nearest (Judge.decide).
+    items = [Candidate(x, "", "An answer long enough.") for x in judge_texts]
+    if version == "after":
+        # The two judging processes, one after the other here: a decider and a replica of its pool
+        # (built the same way) that fills in the nearest of what it accepted.
+        from selfinstruct.judge import Verdict
 
-    def enc(text: str) -> str:
-        return "".join(vocab.setdefault(t, chr(0x10000 + len(vocab))) for t in tokenize(text))
+        filler = judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
+                                 accepted=[AcceptedTask(id=f"task-{i:07d}", instruction=judge.index.text(i), input="",
+                                                        output="x", request=0) for i in range(n_pool)],
+                                 next_task_number=n_pool)  # fmt: skip
+        filler.index.prepare(t)
+        decider = judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
+                                  accepted=[AcceptedTask(id=f"task-{i:07d}", instruction=judge.index.text(i), input="",
+                                                         output="x", request=0) for i in range(n_pool)],
+                                  next_task_number=n_pool)  # fmt: skip
+        decider.index.prepare(t)
+        decider.defer_nearest = True
+        c = time.thread_time()
+        split = [decider.decide(x) for x in items]
+        cpu_decide = time.thread_time() - c
+        filled = filler.fill_nearest(Verdict(decisions=split))
+        cpu_fill = time.thread_time() - c - cpu_decide
+        row["split_ms"] = (1000 * cpu_decide / len(items), 1000 * cpu_fill / len(items))
+        split_accepted = [d.candidate.instruction for d in filled.decisions if type(d).__name__ == "Accept"]
+        del filler, decider
+    w, c = time.perf_counter(), time.thread_time()
+    decisions = [judge.decide(x) for x in items]
+    cpu, wall = time.thread_time() - c, time.perf_counter() - w
+    row["judge_per_s"], row["judge_per_s_wall"] = len(items) / cpu, len(items) / wall
+    if version == "after":
+        whole = [d for d in decisions if type(d).__name__ == "Accept"]
+        row["split_differs"] = split_accepted != [d.candidate.instruction for d in whole] or [
+            (d.rouge_l, d.nearest_id) for d in filled.decisions if type(d).__name__ == "Accept"
+        ] != [(d.rouge_l, d.nearest_id) for d in whole]
+    row["judge_accepted"] = sum(type(d).__name__ == "Accept" for d in decisions) / len(decisions)
+    if version == "before":
+        Path(str(ref_file) + ".judge").write_text(json.dumps([d.candidate.instruction for d in decisions
+                                                              if type(d).__name__ == "Accept"]))  # fmt: skip
+    else:
+        path = Path(str(ref_file) + ".judge")
+        if path.exists():
+            want = json.loads(path.read_text())
+            row["judge_differ"] = want != [d.candidate.instruction for d in decisions if type(d).__name__ == "Accept"]
+    gc.collect()
+    release_freed_memory()
+    row["rss_mb"], row["rss_peak_mb"] = rss_mb()
+    return row
 
-    del idx
-    pool_seqs = [enc(p) for p in pool]
-    lens = np.array([len(s) for s in pool_seqs], dtype=np.int64)
-    scan_disagree = scan_mismatch = 0
-    for qi in scan_idx:
-        qs = enc(queries[qi])
-        n = len(qs)
-        if n == 0:
-            best, best_id = 0.0, None
-        else:
-            lcs = cdist([qs], pool_seqs, scorer=LCSseq.similarity, dtype=np.int32, workers=1)[0]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                pr, rc = lcs / n, lcs / lens
-                f = 2 * pr * rc / (pr + rc)
-            f[lcs == 0] = 0.0
-            best = float(f.max())
-            best_id = int(np.flatnonzero(f == best)[0]) if best > 0 else None
-        scan_disagree += (best >= THRESHOLD) != (ours[qi][0] >= THRESHOLD)
-        scan_mismatch += (best, best_id) != ours[qi]
 
-    ours_ms = statistics.median(times)
-    return {
-        "size": size,
-        "ours_ms": ours_ms,
-        "held_ms": statistics.median(held_ms),
-        "held_p90": float(np.percentile(held_ms, 90)),
-        "near_ms": statistics.median(near_ms) if near_ms else float("nan"),
-        "brute_ms": brute_q_ms,
-        "brute_full": brute_full,
-        "brute_checked": brute_checked,
-        "brute_bad": brute_disagree,
-        "brute_mismatch": brute_mismatch,
-        "ratio": brute_q_ms / ours_ms,
-        "rss_mb": peak,
-        "build_s": t2 - t0,
-        "add_us": (t2 - t1) / max(1, n_added) * 1e6,
-        "scan_checked": len(scan_idx),
-        "scan_disagree": scan_disagree,
-        "scan_mismatch": scan_mismatch,
-        "rejects": sum(s >= THRESHOLD for s, _ in ours),
-        "n_queries": len(queries),
-    }
+# -- report ----------------------------------------------------------------------------------
+
+
+def fmt_stats(s: dict) -> str:
+    if not s:
+        return "-"
+    return f"{s['mean']:7.3f} {s['p50']:7.3f} {s['p99']:7.3f} {s['max']:7.2f} | {s['wall_mean']:6.3f} {s['wall_p99']:7.3f}"
+
+
+def report(rows: list[dict]) -> None:
+    print("\nPer candidate: ms of thread CPU time (mean p50 p99 max | wall mean p99).")
+    print("decision: before = nearest(), after = max_above() (what the judge asks). nearest (accepted):")
+    print("the exact nearest of the candidates not above 0.7 (after: nearest() right after the decision).")
+    print("judged/s: Judge.decide on a second candidate stream, CPU (wall). init: Judge(...) from the")
+    print("pool as accepted records (a resume); first: the first decision (after: builds its index).")
+    for r in rows:
+        print(f"\n== {r['kind']} {r['size']:,} -- {r['version']}  (rejected {r['rejected']:.0%} of "
+              f"{r['queries']} candidates; judge loop accepted {r['judge_accepted']:.0%})")  # fmt: skip
+        for key, label in (("decision", "decision"), ("first_above", "first_above (early exit)"),
+                           ("nearest_accepted", "nearest (accepted)")):  # fmt: skip
+            if key in r:
+                print(f"  {label:26s} {fmt_stats(r[key])}")
+        if "split_ms" in r:
+            d_ms, f_ms = r["split_ms"]
+            print(f"  split judging: decider {d_ms:.3f} + nearest filler {f_ms:.3f} = {d_ms + f_ms:.3f} ms CPU per"
+                  f" candidate ({'DIFFERS from' if r['split_differs'] else 'the same tasks and nearests as'}"
+                  " in-process)")  # fmt: skip
+        print(f"  judged/s {r['judge_per_s']:,.0f} ({r['judge_per_s_wall']:,.0f} wall); init {r['judge_init_s']:.1f} s, "
+              f"first decision {r['first_decision_s']:.1f} s; RSS {r['rss_built_mb']:.0f} MB built, "
+              f"{r['rss_mb']:.0f} MB at the end, peak {r['rss_peak_mb']:.0f} MB")  # fmt: skip
+        checks = []
+        if "decisions_differ" in r:
+            checks.append(f"vs before: {r['decisions_differ']} decisions, {r['nearest_differ']} (score, id) differ")
+        if "judge_differ" in r:
+            checks.append(f"judge loop accepted list {'DIFFERS' if r['judge_differ'] else 'identical'}")
+        if "brute_checked" in r:
+            checks.append(f"vs rouge-score brute force: {r['brute_bad']} of {r['brute_checked']} wrong")
+        if checks:
+            print("  exactness: " + "; ".join(checks))
+    print("\n| text, pool | version | decision mean / p50 / p99 ms | nearest (accepted) mean / p99 ms "
+          "| judged/s in-process | split: ms CPU / candidate | Judge init + first decision s | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        d, n = r["decision"], r["nearest_accepted"]
+        split = f"{sum(r['split_ms']):.3f}" if "split_ms" in r else "-"
+        print(f"| {r['kind']} {r['size']:,} | {r['version']} | {d['mean']:.3f} / {d['p50']:.3f} / {d['p99']:.3f} "
+              f"| {n['mean']:.3f} / {n['p99']:.3f} | {r['judge_per_s']:,.0f} | {split} "
+              f"| {r['judge_init_s']:.1f} + {r['first_decision_s']:.1f} | {r['rss_mb']:.0f} |")  # fmt: skip
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="instructions 10k and sentences 10k, 300 candidates")
+    ap.add_argument("--big", action="store_true", help="also the 1M instruction pool (slow: see above)")
+    ap.add_argument("--runs", help="comma list of KIND:SIZE (instructions|sentences), overrides the default")
+    ap.add_argument("--queries", type=int, help="candidates per run (default 2000, quick 300)")
+    ap.add_argument("--brute", type=int, help="candidates checked with rouge-score (default 20)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL with {'instruction': ...}")
-    ap.add_argument("--sizes", default="1k,10k,52k,1M", help="comma list, e.g. 1k,52k,1M")
-    ap.add_argument("--queries", type=int, default=200, help="queries per size (1/4 near-dups)")
-    ap.add_argument("--brute-pairs", type=int, default=300_000,
-                    help="rouge-score pairs per size for timing/checking")  # fmt: skip
-    ap.add_argument("--brute-full-max", type=int, default=52_000,
-                    help="largest pool scanned in full by rouge-score")  # fmt: skip
-    ap.add_argument("--check-1m", type=int, default=50,
-                    help="queries checked by full exact scan on pools > 100k")  # fmt: skip
-    ap.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="where built pools are kept")
+    ap.add_argument("--versions", default="before,after", help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # kind size version ref_file
     args = ap.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"data file not found: {args.data} (use --data)")
-
-    if args.one_size is not None:
-        print(json.dumps(run_one(args, args.one_size)))
+    args.queries = args.queries or (300 if args.quick else 2000)
+    args.brute = args.brute if args.brute is not None else (10 if args.quick else 20)
+    if args.child:
+        kind, size, version, ref = args.child
+        print(json.dumps(run_child(args, kind, int(size), version, Path(ref)), default=float))
         return
-
+    data = Path(args.data)
+    if not data.is_file():
+        sys.exit(f"data file not found: {data} (use --data)")
+    spec = args.runs or ("instructions:10k,sentences:10k" if args.quick else "instructions:52k,sentences:20k")
+    if args.big:
+        spec += ",instructions:1M"
+    runs = [(k.strip(), parse_size(v)) for k, v in (x.split(":") for x in spec.split(","))]
+    sizes = [size for kind, size in runs if kind == "instructions"]
+    if sizes:
+        t0 = time.perf_counter()
+        filtered_pool(max(sizes), Path(args.cache), data)
+        print(f"instruction pool: {time.perf_counter() - t0:.0f} s to load or build", file=sys.stderr)
     rows = []
-    for size in map(parse_size, args.sizes.split(",")):
-        cmd = [sys.executable, __file__, "--one-size", str(size)]
-        for flag in ("data", "queries", "brute_pairs", "brute_full_max", "check_1m"):
-            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        row = json.loads(out.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"done {size}", file=sys.stderr, flush=True)
-
-    hdr = (f"{'pool':>8} {'ours ms':>8} {'held p50':>8} {'held p90':>8} {'near p50':>8} "
-           f"{'brute ms':>11} {'ratio':>8} {'RSS MB':>7} {'build s':>8} {'add us':>7} "
-           f"{'rej':>4} {'brute chk/dis/mis':>17} {'scan chk/dis/mis':>16}")  # fmt: skip
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        brute = f"{'' if r['brute_full'] else '~'}{r['brute_ms']:.1f}"
-        scan = f"{r['scan_checked']}/{r['scan_disagree']}/{r['scan_mismatch']}"
-        bchk = (f"{r['brute_checked']}/{r['brute_bad']}/{r['brute_mismatch']}"
-                if r["brute_full"] else "-")  # fmt: skip
-        print(f"{r['size']:>8} {r['ours_ms']:>8.3f} {r['held_ms']:>8.3f} {r['held_p90']:>8.3f} "
-              f"{r['near_ms']:>8.3f} {brute:>11} {r['ratio']:>7.0f}x {r['rss_mb']:>7.0f} "
-              f"{r['build_s']:>8.2f} {r['add_us']:>7.1f} {r['rejects']:>4} {bchk:>17} "
-              f"{scan:>16}")  # fmt: skip
-    print(LEGEND)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, size in runs:
+            ref = Path(tmp) / f"ref-{kind}-{size}.json"
+            for version in args.versions.split(","):
+                cmd = [sys.executable, __file__, "--child", kind, str(size), version, str(ref),
+                       "--cache", args.cache, "--data", str(data), "--queries", str(args.queries),
+                       "--brute", str(args.brute)]  # fmt: skip
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(f"done {kind} {size:,} {version}", file=sys.stderr, flush=True)
+    report(rows)
 
 
 if __name__ == "__main__":

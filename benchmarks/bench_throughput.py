@@ -46,8 +46,11 @@ FAKE = REPO / "tests" / "fake_openai.py"
 class FakeProcess:
     """tests/fake_openai.py as its own process."""
 
-    def __init__(self, latency: float, capacity: int | None, seed: int, batch_slowdown: float | None = None) -> None:
-        args = [sys.executable, str(FAKE), "--latency", str(latency), "--seed", str(seed)]
+    def __init__(
+        self, latency: float, capacity: int | None, seed: int, batch_slowdown: float | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        args = [sys.executable, str(FAKE), "--latency", str(latency), "--seed", str(seed), *extra]
         if capacity:
             args += ["--capacity", str(capacity)]
         if batch_slowdown:
@@ -165,11 +168,11 @@ def row_batching(args: argparse.Namespace) -> dict[str, Any]:
 def row_judged(args: argparse.Namespace) -> dict[str, Any]:
     from selfinstruct import run_generation
 
-    server = FakeProcess(0.0, None, seed=9)
+    server = FakeProcess(0.0, None, seed=9, extra=("--max-tasks", "40"))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
-            cfg = _run_config(out, (server.base_url,), concurrency=None, tasks_per_prompt=48)
+            cfg = _run_config(out, (server.base_url,), concurrency=None, tasks_per_prompt=40)
 
             async def go() -> Any:
                 stop = asyncio.Event()
@@ -199,6 +202,87 @@ def row_judged(args: argparse.Namespace) -> dict[str, Any]:
         "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
         "latency_mean_s": sum(latencies) / max(1, len(latencies)),
         "latency_p99_s": _percentile(latencies, 0.99),
+        "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
+    }
+
+
+class _DecisionCounter:
+    """Candidates decided so far: lines appended to instructions.jsonl and rejected.jsonl."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.files = [run_dir / "instructions.jsonl", run_dir / "rejected.jsonl"]
+        self.offsets = [p.stat().st_size if p.exists() else 0 for p in self.files]
+        self.count = 0
+
+    def poll(self) -> int:
+        for i, path in enumerate(self.files):
+            if not path.exists():
+                continue
+            with path.open("rb") as fh:
+                fh.seek(self.offsets[i])
+                data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            self.count += data[:cut].count(b"\n")
+            self.offsets[i] += cut
+        return self.count
+
+
+def _write_run(directory: Path, instructions: list[str]) -> None:
+    from selfinstruct.records import AcceptedTask
+    from selfinstruct.store import RunStore
+
+    with RunStore(directory) as store:
+        for start in range(0, len(instructions), 10_000):
+            store.commit(None, [
+                AcceptedTask(id=f"task-{n:06d}", instruction=text, input="", output=f"Answer {n}.", request=n // 20)
+                for n, text in enumerate(instructions[start : start + 10_000], start)
+            ])  # fmt: skip
+
+
+def row_judged_pool(args: argparse.Namespace) -> dict[str, Any]:
+    """Candidates judged per second once a run of ``args.pool`` real-looking instructions resumed."""
+    from instruction_text import filtered_pool
+
+    from selfinstruct import run_generation
+
+    pool, detail = filtered_pool(args.pool)
+    server = FakeProcess(0.0, None, seed=9, extra=("--instruction-text", str(detail), "--max-tasks", "40"))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            _write_run(out, pool)
+            del pool
+            cfg = _run_config(out, (server.base_url,), concurrency=None, tasks_per_prompt=40)
+            counter = _DecisionCounter(out)
+
+            async def go() -> Any:
+                stop = asyncio.Event()
+                lags: list[float] = []
+                run = asyncio.create_task(run_generation(cfg, stop=stop))
+                while counter.poll() == 0 and not run.done():  # resuming: not measured here
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(3.0)  # warm-up
+                lag_task = asyncio.create_task(_loop_lag(stop, lags))
+                c0, t0 = counter.poll(), time.perf_counter()
+                await asyncio.sleep(args.seconds)
+                c1, t1 = counter.poll(), time.perf_counter()
+                stop.set()
+                summary = await run
+                await lag_task
+                return (c1 - c0) / (t1 - t0), summary, lags
+
+            rate, summary, lags = asyncio.run(go())
+        stats = server.stats()
+    finally:
+        server.stop()
+    return {
+        "candidates_per_s": rate,
+        "candidates": summary.session_candidates,
+        "accepted": summary.accepted,
+        "accept_share": summary.added / max(1, summary.session_candidates),
+        "tasks_per_answer": stats["emitted"] / max(1, stats["answered"]),
+        "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
+        "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
         "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
     }
 
@@ -241,7 +325,8 @@ def row_cpu(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
 
 
-ROWS = {"saturation": row_saturation, "batching": row_batching, "judged": row_judged, "cpu": row_cpu}
+ROWS = {"saturation": row_saturation, "batching": row_batching, "judged": row_judged, "judged_pool": row_judged_pool,
+        "cpu": row_cpu}
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -275,9 +360,10 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, default=150.0, help="length of the continuous-batching run")
     parser.add_argument("--only", choices=["before", "after"], default=None)
     parser.add_argument("--before", default="HEAD", metavar="REV", help="git revision for the before column (default HEAD)")
-    parser.add_argument("--rows", default="sat1,sat3,batching,judged,cpu")
+    parser.add_argument("--rows", default="sat1,sat3,batching,judged,pool52k,pool1m,cpu")
     parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--servers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--pool", type=int, default=52_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:  # a child: one measurement with whatever selfinstruct is first on sys.path
         import selfinstruct
@@ -293,6 +379,8 @@ def main() -> None:
         "sat3": ("saturation", ["--servers", "3"]),
         "batching": ("batching", []),
         "judged": ("judged", []),
+        "pool52k": ("judged_pool", ["--pool", "52000"]),
+        "pool1m": ("judged_pool", ["--pool", "1000000"]),
         "cpu": ("cpu", []),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,12 +395,15 @@ def main() -> None:
 
     print(f"\n{os.cpu_count()} cores; fake servers in their own processes on the same cores.")
     print(f"{'row':<44} {'column':>6} {'value':>10} {'goal':>8}  details")
-    goals = {"sat1": "≥ 0.90", "sat3": "≥ 0.90", "batching": "≥ 0.90", "judged": "≥ 5000", "cpu": "≤ 0.5"}
+    goals = {"sat1": "≥ 0.90", "sat3": "≥ 0.90", "batching": "≥ 0.90", "judged": "≥ 5000", "pool52k": "≥ 5000",
+             "pool1m": "≥ 1500", "cpu": "≤ 0.5"}
     titles = {
         "sat1": "saturation, 1 server × 32 slots × 0.5 s",
         "sat3": "saturation, 3 servers × 32 slots × 0.5 s",
         "batching": "saturation, continuous batching (of 7.53/s)",
         "judged": "judged candidates/s, instant server, 40/ans",
+        "pool52k": "judged/s, instruction text, 52k pool",
+        "pool1m": "judged/s, instruction text, 1M pool",
         "cpu": "client CPU per request, ms (128 in flight)",
     }
     for name, by_column in results.items():
@@ -329,6 +420,13 @@ def main() -> None:
                     f"{r['tasks_per_answer']:.1f} tasks/answer; limit/peak/cuts {list(r['limits'].values())}; "
                     f"loop stall mean {r['loop_lag_mean_ms']:.1f} p99 {r['loop_lag_p99_ms']:.1f} ms; "
                     f"latency mean {1000 * r['latency_mean_s']:.1f} p99 {1000 * r['latency_p99_s']:.1f} ms"
+                )
+            elif name.startswith("pool"):
+                value = _fmt(r, "candidates_per_s", ".0f")
+                details = (
+                    f"{r['tasks_per_answer']:.1f} tasks/answer, {r['accept_share']:.0%} accepted; "
+                    f"limit/peak/cuts {list(r['limits'].values())}; "
+                    f"loop stall mean {r['loop_lag_mean_ms']:.1f} p99 {r['loop_lag_p99_ms']:.1f} ms"
                 )
             else:
                 value = _fmt(r, "ratio", ".3f")

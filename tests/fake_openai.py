@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Union
 
 __all__ = [
@@ -441,6 +442,33 @@ class TaskGenerator:
 
     def tasks(self, k: int) -> list[Task]:
         return [self.task() for _ in range(k)]
+
+
+class InstructionTextGenerator(TaskGenerator):
+    """Tasks whose instructions look like a model's (benchmarks/instruction_text.py): shared openings,
+    Zipf topics, and a share of rewordings of earlier ones, so many are near-duplicates."""
+
+    def __init__(self, seed: int = 0, detail: int = 0, near_share: float = 0.3) -> None:
+        super().__init__(seed)
+        benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+        if benchmarks not in sys.path:
+            sys.path.insert(0, benchmarks)
+        from instruction_text import InstructionSource
+
+        self._source = InstructionSource(seed=seed)
+        self._source.detail = detail
+        self._near_share = near_share
+        self._emitted: list[str] = []
+
+    def instruction(self) -> str:
+        source, rng = self._source, self._rng
+        if self._emitted and rng.random() < self._near_share:
+            text = source.paraphrase(rng.choice(self._emitted))
+        else:
+            text = source.fresh()
+        if len(self._emitted) < 200_000:
+            self._emitted.append(text)
+        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -1359,7 +1387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llama-quirks", action="store_true")
     parser.add_argument("--enforce-max-tokens", action="store_true")
+    parser.add_argument("--max-tasks", type=int, default=None, help="most tasks in a default answer")
+    parser.add_argument(
+        "--instruction-text", type=int, default=None, metavar="DETAIL",
+        help="default answers in instruction-like text (benchmarks/instruction_text.py) at this detail level,"
+             " 30%% of them rewordings of earlier ones",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    global MAX_DEFAULT_TASKS
+    if args.max_tasks:
+        MAX_DEFAULT_TASKS = args.max_tasks
 
     server = FakeOpenAI(
         models=tuple(args.models or ("fake-model",)),
@@ -1374,6 +1411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
+    if args.instruction_text is not None:
+        server.generator = InstructionTextGenerator(args.seed, args.instruction_text)  # type: ignore[assignment]
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with server:
