@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -260,15 +261,14 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
         # (built the same way) that fills in the nearest of what it accepted.
         from selfinstruct.judge import Verdict
 
-        filler = judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
-                                 accepted=[AcceptedTask(id=f"task-{i:07d}", instruction=judge.index.text(i), input="",
-                                                        output="x", request=0) for i in range(n_pool)],
-                                 next_task_number=n_pool)  # fmt: skip
+        def resumed() -> Any:
+            return judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
+                                   accepted=[AcceptedTask(id=f"task-{i:07d}", instruction=judge.index.text(i),
+                                                          input="", output="x", request=0) for i in range(n_pool)],
+                                   next_task_number=n_pool)  # fmt: skip
+
+        filler, decider = resumed(), resumed()
         filler.index.prepare(t)
-        decider = judge_mod.Judge(filters=FilterConfig(), threshold=THRESHOLD, tokenizer="rouge", seeds=[],
-                                  accepted=[AcceptedTask(id=f"task-{i:07d}", instruction=judge.index.text(i), input="",
-                                                         output="x", request=0) for i in range(n_pool)],
-                                  next_task_number=n_pool)  # fmt: skip
         decider.index.prepare(t)
         decider.defer_nearest = True
         c = time.thread_time()
@@ -279,6 +279,9 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
         row["split_ms"] = (1000 * cpu_decide / len(items), 1000 * cpu_fill / len(items))
         split_accepted = [d.candidate.instruction for d in filled.decisions if type(d).__name__ == "Accept"]
         del filler, decider
+        # Judging in-process (one core, the Self-Instruct method) never builds the decision index.
+        judge = resumed()
+        gc.collect()
     w, c = time.perf_counter(), time.thread_time()
     decisions = [judge.decide(x) for x in items]
     cpu, wall = time.thread_time() - c, time.perf_counter() - w

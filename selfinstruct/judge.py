@@ -155,6 +155,10 @@ class Judge:
         # When another process fills in the nearest of accepted tasks (see fill_nearest), the
         # decision only asks whether anything scores above the threshold: a far cheaper search.
         self.defer_nearest = False
+        if threshold < 1.0:
+            # The decision index answers "anything above the threshold?" and speeds up the exact
+            # nearest too; built now, it is kept up to date as the pool grows.
+            self.index.prepare(threshold)
         self._ids = _TaskIds()
         self._exact = _ExactCopies(self.index.text)
         self.admit_many([s.instruction for s in seeds] + [a.instruction for a in accepted],

@@ -317,7 +317,6 @@ def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
     """
     if not hasattr(os, "fork"):
         return outbox  # no fork (Windows): decide and compute the nearest here, as before
-    judge.index.prepare(judge.threshold)  # both processes search through it
     release_freed_memory()
     read_end, write_end = os.pipe()
     gc.freeze()  # the pool lives in both processes: keep the collector off its pages
