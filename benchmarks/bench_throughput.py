@@ -341,9 +341,12 @@ def _head_tree(into: Path, rev: str = "HEAD") -> Path:
 
 def _child(code: Path, row: str, extra: list[str]) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    # In the code's own directory: `python -m` (the judging process) imports from its working
+    # directory first, so anywhere else (the repository) the before column would run after's code.
     proc = subprocess.run(
-        [sys.executable, __file__, "--row", row, *extra], env=env, capture_output=True, text=True, timeout=3600
-    )
+        [sys.executable, __file__, "--row", row, *extra], env=env, capture_output=True, text=True, timeout=3600,
+        cwd=code,
+    )  # fmt: skip
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])

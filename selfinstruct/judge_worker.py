@@ -128,13 +128,16 @@ class JudgeWorker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = "1"  # no BLAS thread pool: nothing here uses it, and the child forks
+        # `python -m` puts its working directory first on sys.path: run it where this very package
+        # lies, so a `selfinstruct` folder in the user's directory (another checkout) is not imported.
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "selfinstruct.judge_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=_package_root(),
         )  # fmt: skip
         threading.Thread(target=self._write_loop, name="judge-worker-send", daemon=True).start()
         threading.Thread(target=self._read_loop, name="judge-worker-receive", daemon=True).start()
-        self._setup = self._call(_Setup(filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds), accepted_file=accepted_file))
+        self._setup = self._call(_Setup(filters=filters, threshold=threshold, tokenizer=tokenizer, seeds=list(seeds),
+                                        accepted_file=os.path.abspath(accepted_file)))  # fmt: skip
 
     async def start(self, accepted: Sequence[AcceptedTask], *, next_task_number: int, room: int) -> None:
         """Check the child's pool against the store's tasks (sending them if it differs) and begin."""

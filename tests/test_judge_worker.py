@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +146,23 @@ def test_a_pool_that_differs_from_the_store_is_sent_whole(tmp_path: Path) -> Non
     # The child skips a last line without its newline; the store keeps it: the counts differ,
     # and the worker is given the store's pool instead, so the last task still counts.
     _pool_checks(tmp_path, torn_last_line=True)
+
+
+def test_the_worker_runs_this_package_not_one_in_the_working_directory(tmp_path: Path) -> None:
+    # `python -m` imports from its working directory first: a `selfinstruct` folder there (another
+    # checkout) must not become the judging process's code. The run's directory is relative, too.
+    script = Path(sys.executable).parent / "selfinstruct"
+    if not script.exists():
+        pytest.skip("the console script is not installed")
+    decoy = tmp_path / "selfinstruct"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package in the working directory was imported')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SELFINSTRUCT_", "PYTHONPATH"))}
+    with FakeOpenAI(seed=3) as server:
+        result = subprocess.run(
+            [str(script), "generate", "-o", "run", "-n", "30", "--base-url", server.base_url, "--seed", "7", "-q",
+             "--filter-process", "yes"],
+            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert_valid_dataset(tmp_path / "run", 30, server)
