@@ -104,8 +104,8 @@ Memory
     The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
     postings CSR arrays (``indptr``/``data``) plus a tail
     of ``array('i')`` per key for the texts added since the last merge (merged with
-    ``np.insert`` once it holds 1/16 of the postings), the decision index three sorted numpy
-    runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
+    ``np.insert`` once it holds 1/256 of the postings: every lookup of a key copies its
+    tail), the decision index three sorted numpy runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
     text remains: its tokens as a short str, one character each, which rapidfuzz compares
     directly (about 180 MB at 1M instructions; rebuilding them from the key array for each
     verification made every LCS 2-3x slower, and nearest() on plain prose slower than before
@@ -156,8 +156,9 @@ _PEEK = 64
 _FIRST_CHUNK = 64
 # extend() stores texts in batches of this many before indexing them (bounds temporaries).
 _EXTEND_BATCH = 20_000
-# A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/16 of them).
-_TAIL_MIN = 1 << 16
+# A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/256 of them): each
+# lookup of a key concatenates its tail, which cost more than merging often (measured end to end).
+_TAIL_MIN = 1 << 12
 # The key order (and with it the decision index) is re-snapshotted when the pool has grown this
 # many times since the last snapshot, once it holds at least _SNAPSHOT_MIN texts, and only up
 # to _SNAPSHOT_MAX texts: a rebuild stalls add() (about 1 s at 64k texts, 20 s at 1M here), and
@@ -385,7 +386,7 @@ class _Postings:
         self.tail_n += 1
 
     def wants_merge(self) -> bool:
-        return self.tail_n > max(_TAIL_MIN, len(self.data) >> 4)
+        return self.tail_n > max(_TAIL_MIN, len(self.data) >> 8)
 
     def merge(self, n_keys: int) -> None:
         ip = self.indptr
