@@ -102,10 +102,10 @@ The decision (``first_above``): prefix filtering, exact thresholds, early exit
 
 Memory
     The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
-    postings CSR arrays (``indptr``/``data``) plus a tail
-    of ``array('i')`` per key for the texts added since the last merge (merged with
-    ``np.insert`` once it holds 1/256 of the postings: every lookup of a key copies its
-    tail), the decision index three sorted numpy runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
+    postings CSR arrays (``indptr``/``data``) plus a tail of ``array('i')`` per key for the
+    texts added since the last merge (merged with ``np.insert`` once it holds 1/256 of the
+    postings: every lookup of a key copies its tail), the decision index three sorted numpy
+    runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
     text remains: its tokens as a short str, one character each, which rapidfuzz compares
     directly (about 180 MB at 1M instructions; rebuilding them from the key array for each
     verification made every LCS 2-3x slower, and nearest() on plain prose slower than before
