@@ -98,6 +98,11 @@ def _latencies(run_dir: Path) -> list[float]:
     return out
 
 
+def _limits(summary: Any) -> dict[str, tuple[Any, Any, Any]]:
+    """Each endpoint's concurrency limit, its peak and how often it was cut."""
+    return {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()}
+
+
 def _run_config(out: Path, urls: tuple[str, ...], **kwargs: Any) -> Any:
     from selfinstruct.config import RunConfig
 
@@ -132,7 +137,7 @@ def saturation(servers: list[FakeProcess], ideal: float, seconds: float, warmup:
             "max_serving": max(a["max_serving"] for a in after),
             "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
             "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
-            "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
+            "limits": _limits(summary),
         }
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +207,7 @@ def row_judged(args: argparse.Namespace) -> dict[str, Any]:
         "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
         "latency_mean_s": sum(latencies) / max(1, len(latencies)),
         "latency_p99_s": _percentile(latencies, 0.99),
-        "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
+        "limits": _limits(summary),
     }
 
 
@@ -283,7 +288,7 @@ def row_judged_pool(args: argparse.Namespace) -> dict[str, Any]:
         "tasks_per_answer": stats["emitted"] / max(1, stats["answered"]),
         "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
         "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
-        "limits": {u: (e.get("concurrency_limit"), e.get("concurrency_peak"), e.get("concurrency_cuts")) for u, e in summary.endpoints.items()},
+        "limits": _limits(summary),
     }
 
 

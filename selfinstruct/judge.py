@@ -259,13 +259,12 @@ class Judge:
             return Reject(
                 candidate, "near_duplicate", f"ROUGE-L {score:.3f} > {self.threshold}", score, nearest_text, nearest_id
             )
-        if self.defer_nearest:
-            runner_up = self.index.runner_up(candidate.instruction)
-            id_ = self._new_id()
-            self._admit(candidate.instruction, id_)
-            return Accept(candidate, id_, _PENDING, "", None, runner_up)
+        # Taken before the task joins the pool: it describes the decision's search of the pool before.
+        runner_up = self.index.runner_up(candidate.instruction) if self.defer_nearest else None
         id_ = self._new_id()
         self._admit(candidate.instruction, id_)
+        if self.defer_nearest:
+            return Accept(candidate, id_, _PENDING, "", None, runner_up)
         return Accept(candidate, id_, score, nearest_text, nearest_id)
 
     def _named(self, position: int | None) -> tuple[str, str | None]:
