@@ -100,6 +100,17 @@ The decision (``first_above``): prefix filtering, exact thresholds, early exit
     text really scores ``b``; the floats in the bound are off by a few ulps (~1e-16), which the
     slack covers many times over. ``b`` never falls, and among equal floats the smallest id wins.
 
+The native kernel (``selfinstruct/_overlap.c``)
+    Built at install time when a C compiler is there; otherwise everything above runs on numpy
+    alone, with the same answers. It takes the postings of a query's keys (rarest first), counts
+    the rarest ones per text, drops the texts whose count plus the keys not read yet cannot
+    reach a bar (``need[m]`` per length), looks the survivors up in the common keys' postings
+    and returns them with their exact overlaps; the LCS is still rapidfuzz's. It serves the
+    decision while the prefix scan reads at most ``_NATIVE_SCAN_MAX`` postings (most queries at
+    50k instructions, few at 1M: there the decision index reads less), the nearest search of
+    an accepted text while its final round reads at most ``_NATIVE_NEAREST_MAX``, and every
+    postings count of ``nearest``. The decision index is still built: large pools need it.
+
 Memory
     The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
     postings CSR arrays (``indptr``/``data``) plus a tail of ``array('i')`` per key for the
@@ -129,13 +140,18 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cdist
 
 from .errors import ConfigError
+
+try:  # built at install time when a C compiler is there (setup.py); numpy does the same otherwise
+    from . import _overlap as _native_overlap
+except ImportError:  # pragma: no cover - depends on the install
+    _native_overlap = None
 
 __all__ = ["TOKENIZERS", "Decision", "RougeLIndex", "rouge_l", "tokenize"]
 
@@ -183,6 +199,12 @@ _RUNNERS_UP = 8
 # Above this many prefix hits, verify up to _SEED_SAMPLE of them before bounding them all.
 _SEED_HITS = 4096
 _SEED_SAMPLE = 32
+# The decision goes through the native kernel's postings scan while it reads at most this many
+# postings (instruction text: most queries at 52k texts, few at 1M), else through the index.
+_NATIVE_SCAN_MAX = 20_000
+# The nearest of an accepted text goes through the native postings search rather than a probe
+# of the index when its final round reads at most this many postings.
+_NATIVE_NEAREST_MAX = 100_000
 # Entries per chunk when building CSR postings (bounds temporaries at 1M texts).
 _BUILD_CHUNK = 1 << 21
 # 64-bit words of the per-text bitmask of the most frequent keys, and how many keys get a bit.
@@ -542,10 +564,11 @@ def _min_lcs_above(t: float, n: int | None, m: np.ndarray, x: np.ndarray) -> np.
 class _NeedTable:
     """need[m] for one (query length, threshold), with the query's range templates per K."""
 
-    __slots__ = ("need", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k")
+    __slots__ = ("need", "need32", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k")
 
     def __init__(self, need: np.ndarray) -> None:
         self.need = need
+        self.need32 = need.astype(np.int32)  # for the native kernel (_BIG fits)
         self.amin = int(need.min())
         ms = np.flatnonzero(need < _BIG)
         nm = need[ms]
@@ -582,6 +605,9 @@ class RougeLIndex:
 
     # Class attribute so tests can force the tuple-of-ints path without a million tokens.
     _char_limit: int = _CHAR_LIMIT
+    # The native kernel (selfinstruct/_overlap.c), or None: then the prefix index and numpy
+    # answer the same questions. Class attribute so tests can run both.
+    _native: Any = _native_overlap
 
     def __init__(self, tokenizer: str = "rouge") -> None:
         self._tokenize = _get_tokenizer(tokenizer)
@@ -619,6 +645,9 @@ class RougeLIndex:
         self._hint: tuple[str, int, float, float, int] | None = None
         self._need_cache: dict[tuple[int, float], _NeedTable] = {}
         self._mark = np.zeros(16, dtype=np.uint8)  # scratch: 1 at the query's keys
+        # Native kernel scratch: per-text counts (kept all zero between calls), ids, overlaps.
+        self._counts = np.zeros(0, dtype=np.uint16)
+        self._out = self._out_ov = np.zeros(0, dtype=np.int32)
 
     @property
     def tokenizer(self) -> str:
@@ -1163,7 +1192,8 @@ class RougeLIndex:
                 return best, i
         else:
             best, i = below
-        if best >= _NEAREST_FLOOR and best > self._pre_t:  # the index answers "F > _pre_t"
+        if best >= _NEAREST_FLOOR and best > self._pre_t and not self._native_reads_little(q, best):
+            # (the index answers "F > _pre_t")
             f, j = self._probe(q, float(np.nextafter(best, -1.0)), True, limit)
             if f >= best:
                 return f, j
@@ -1202,7 +1232,8 @@ class RougeLIndex:
         if q is None or t >= 1.0:
             return None
         self._ensure_decision_index(t)
-        best, i = self._probe(q, t, exhaustive, self._n, runners_up=_RUNNERS_UP)
+        found = self._native_probe(q, t, exhaustive, self._n, _RUNNERS_UP)
+        best, i = found if found is not None else self._probe(q, t, exhaustive, self._n, runners_up=_RUNNERS_UP)
         if best > t:
             return best, i
         # For nearest(text, before=len(self)) right after add(): skips the probe just made.
@@ -1222,7 +1253,13 @@ class RougeLIndex:
         if q is None:
             return Decision(False, 0.0, None)
         self._ensure_decision_index(t)
-        score, i = self._exact_nearest(q, t, self._n) if t < 1.0 else self._nearest(q, -1.0, -1, self._n)
+        if t >= 1.0:
+            score, i = self._nearest(q, -1.0, -1, self._n)
+        else:
+            found = self._native_probe(q, t, True, self._n, _RUNNERS_UP)
+            score, i = self._exact_nearest(q, t, self._n, found if found is not None and found[0] <= t else None)
+            if found is not None and found[0] > t:
+                score, i = found
         return Decision(score > t, score, i)
 
     # -- nearest --------------------------------------------------------------------------
@@ -1308,59 +1345,154 @@ class RougeLIndex:
         # survivors up in the next common key's (sorted) postings: each lookup lowers rest by
         # one and usually drops most of them, far cheaper than scoring them all.
         lens_all = self._lens.a
-        if cum[n_prefix - 1] * 4 >= limit:
-            # Most texts are hit: filter the dense counts before gathering anything.
-            acc = np.bincount(self._hits(qkeys[:n_prefix], limit), minlength=limit)
-            lens = lens_all[:limit]
-            cand = np.flatnonzero(acc >= self._min_shared(best, n, s)[lens])
-            acc, m = acc[cand], lens[cand]
-        else:
-            cand, acc = self._count(qkeys[:n_prefix], limit)
+        if self._native is not None:
+            # One native pass: every text that can still reach best, with its exact overlap.
+            need = self._min_shared(best, n, 0).astype(np.int32)
+            cand, acc, _ = self._survivors([self._full.get(k) for k in qkeys], n_prefix, need, limit)
             m = lens_all[cand]
-        rest = s
-        while True:
-            keep = acc >= self._min_shared(best, n, rest)[m]
-            cand, acc, m = cand[keep], acc[keep], m[keep]
-            if rest == 0 or len(cand) <= _SCORE_DIRECTLY:
-                break
-            # Score the texts with the highest bounds first: a higher best makes every later
-            # step cheaper (the rounds above often end with a weak best for far-off queries).
-            ub = 2 * np.minimum(acc + rest, m) / (m + n)
-            f, i = self._score(q, cand[np.argpartition(-ub, _PEEK - 1)[:_PEEK]])
-            if f > best or (f == best and i < best_id):
-                best, best_id = f, i
+            rest = 0
+        else:
+            if cum[n_prefix - 1] * 4 >= limit:
+                # Most texts are hit: filter the dense counts before gathering anything.
+                acc = np.bincount(self._hits(qkeys[:n_prefix], limit), minlength=limit)
+                lens = lens_all[:limit]
+                cand = np.flatnonzero(acc >= self._min_shared(best, n, s)[lens])
+                acc, m = acc[cand], lens[cand]
+            else:
+                cand, acc = self._count(qkeys[:n_prefix], limit)
+                m = lens_all[cand]
+            rest = s
+            while True:
                 keep = acc >= self._min_shared(best, n, rest)[m]
                 cand, acc, m = cand[keep], acc[keep], m[keep]
-            p = self._get(qkeys[n_keys - rest], limit)
-            if len(p):
-                pos = np.minimum(np.searchsorted(p, cand), len(p) - 1)
-                acc = acc + (p[pos] == cand)
-            rest -= 1
-        if len(cand):
-            ub = 2 * np.minimum(acc + rest, m) / (m + n)
-            order = np.argsort(-ub, kind="stable")  # stable: ascending ids within equal bounds
-            cand, neg_ub = cand[order], -ub[order]
-            start, chunk = 0, _FIRST_CHUNK
-            while start < len(cand):
-                stop = min(start + chunk, len(cand))
-                f, i = self._score(q, cand[start:stop])
+                if rest == 0 or len(cand) <= _SCORE_DIRECTLY:
+                    break
+                # Score the texts with the highest bounds first: a higher best makes every later
+                # step cheaper (the rounds above often end with a weak best for far-off queries).
+                ub = 2 * np.minimum(acc + rest, m) / (m + n)
+                f, i = self._score(q, cand[np.argpartition(-ub, _PEEK - 1)[:_PEEK]])
                 if f > best or (f == best and i < best_id):
                     best, best_id = f, i
-                # neg_ub ascends: keep what is <= -(best - eps), i.e. bound >= best - eps.
-                end = int(np.searchsorted(neg_ub, -(best - _EPS), side="right"))
-                start, chunk = stop, chunk * 4
-                if end <= start:
-                    break
-                cand, neg_ub = cand[:end], neg_ub[:end]
+                    keep = acc >= self._min_shared(best, n, rest)[m]
+                    cand, acc, m = cand[keep], acc[keep], m[keep]
+                p = self._get(qkeys[n_keys - rest], limit)
+                if len(p):
+                    pos = np.minimum(np.searchsorted(p, cand), len(p) - 1)
+                    acc = acc + (p[pos] == cand)
+                rest -= 1
+        if len(cand):
+            best, best_id = self._best_of_ranked(q, cand, 2 * np.minimum(acc + rest, m) / (m + n), best, best_id)
         if best_id < 0:  # only when before= hides every text sharing a token
             return 0.0, None
+        return best, best_id
+
+    def _best_of_ranked(self, q: _Query, cand: np.ndarray, ub: np.ndarray, best: float,
+                        best_id: int) -> tuple[float, int]:  # fmt: skip
+        """Raise (best, best_id) with the texts ``cand``, whose F is at most ``ub``: scored in
+        descending bound order, in growing chunks, until no bound left reaches best."""
+        order = np.argsort(-ub, kind="stable")
+        cand, neg_ub = cand[order], -ub[order]
+        start, chunk = 0, _FIRST_CHUNK
+        while start < len(cand):
+            stop = min(start + chunk, len(cand))
+            f, i = self._score(q, cand[start:stop])
+            if f > best or (f == best and i < best_id):
+                best, best_id = f, i
+            # neg_ub ascends: keep what is <= -(best - eps), i.e. bound >= best - eps.
+            end = int(np.searchsorted(neg_ub, -(best - _EPS), side="right"))
+            start, chunk = stop, chunk * 4
+            if end <= start:
+                break
+            cand, neg_ub = cand[:end], neg_ub[:end]
+        return best, best_id
+
+    def _survivors(self, lists: list[np.ndarray], n_scan: int, need: np.ndarray, limit: int,
+                   runners: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+        """The native kernel: texts < limit in ``lists`` whose overlap can reach ``need[m]``, and
+        their exact overlaps (see _overlap.c); texts in none of the first ``n_scan`` lists must
+        be unable to. Also up to ``runners`` of the dropped texts that came closest."""
+        if len(self._counts) < limit:
+            size = limit + (limit >> 2) + 1024
+            self._counts = np.zeros(size, dtype=np.uint16)
+            self._out, self._out_ov = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32)
+        room = np.empty(runners, dtype=np.int32)
+        k, r = self._native.survivors(lists, n_scan, self._lens.a, need, limit, self._counts, self._out,
+                                      self._out_ov, room)  # fmt: skip
+        return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
+
+    def _native_reads_little(self, q: _Query, best: float) -> bool:
+        """Whether the native postings search for a text reaching ``best`` reads few postings."""
+        if self._native is None:
+            return False
+        n, df = q.n, np.sort(self._df.a[q.keys])
+        s = 0  # as in _nearest: a text sharing only the s most common keys stays below best
+        while s < len(df) and 2 * (s + 1) / (s + 1 + n) < best - _EPS:
+            s += 1
+        return int(df[: len(df) - s].sum()) <= _NATIVE_NEAREST_MAX
+
+    def _native_probe(self, q: _Query, t: float, exhaustive: bool, limit: int,
+                      runners_up: int = 0) -> tuple[float, int] | None:  # fmt: skip
+        """:meth:`_probe` through the native kernel and the full postings, or None when that
+        would read more postings than the decision index costs (or there is no native kernel).
+
+        The best verified (F, id) among the texts < limit that can exceed ``t``, (-1.0, -1) if
+        none. Not exhaustive: stops at the first F > t. When nothing exceeds t, every candidate
+        was verified, and so are up to ``runners_up`` texts that came closest: the best is a bar
+        for the nearest.
+        """
+        if self._native is None:
+            return None
+        if t >= 1.0:  # F <= 1.0 always
+            return -1.0, -1
+        table = self._need(q.n, t)
+        if len(q.keys) < table.amin:
+            return -1.0, -1
+        # Prefix filter: a text holding none of the rarest K - amin + 1 keys shares at most
+        # amin - 1 keys, below need[m] for every length.
+        df = self._df.a
+        order = np.argsort(df[q.keys], kind="stable")
+        n_scan = len(q.keys) - table.amin + 1
+        if int(df[q.keys][order[:n_scan]].sum()) > _NATIVE_SCAN_MAX:
+            return None
+        keys = [q.keys[i] for i in order.tolist()]  # rarest first
+        cand, ov, runners = self._survivors([self._full.get(k) for k in keys], n_scan, table.need32, limit,
+                                            runners_up)  # fmt: skip
+        if len(cand) > 1:
+            ub = 2 * ov / (self._lens.a[cand] + q.n)
+            order = np.lexsort((cand, -ub))  # most promising first, ascending ids among equals
+            ids_all, ub_list = cand[order].tolist(), ub[order].tolist()
+        else:
+            ids_all, ub_list = cand.tolist(), [1.0] * len(cand)
+        best, best_id = -1.0, -1
+        start, chunk = 0, _VERIFY_CHUNK
+        while start < len(ids_all):
+            ids = ids_all[start : start + chunk]
+            for i, f in zip(ids, self._verify(q, ids), strict=True):
+                if f > t and not exhaustive:
+                    return f, i
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
+            start, chunk = start + chunk, chunk * 4
+            if exhaustive and best > t:
+                # ub_list descends: nothing bounded below best - eps can reach best.
+                while len(ids_all) > start and ub_list[len(ids_all) - 1] < best - _EPS:
+                    ids_all.pop()
+        if runners and best <= t:
+            for i, f in zip(runners, self._verify(q, runners), strict=True):
+                if f > best or (f == best and i < best_id):
+                    best, best_id = f, i
         return best, best_id
 
     def _hits(self, keys: list[int], limit: int) -> np.ndarray:
         return np.concatenate([self._get(k, limit) for k in keys])
 
     def _count(self, keys: list[int], limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Texts holding any of ``keys`` (ascending) and how many of the keys each holds."""
+        """Texts holding any of ``keys`` (ascending without the native kernel) and how many of
+        the keys each holds."""
+        if self._native is not None:
+            cand, acc, _ = self._survivors([self._full.get(k) for k in keys], len(keys),
+                                           np.ones(self._max_len + 1, dtype=np.int32), limit)  # fmt: skip
+            return cand, acc
         if len(keys) == 1:
             hits = self._get(keys[0], limit)
             return hits, np.ones(len(hits), dtype=np.int64)

@@ -7,6 +7,7 @@ never our own code, and scores are compared with ``==``.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator, Sequence
 
@@ -21,6 +22,31 @@ from selfinstruct.errors import ConfigError
 from selfinstruct.similarity import RougeLIndex, rouge_l, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["native", "native+index", "numpy"])
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs three ways: the native kernel wherever it applies, the native kernel with
+    every decision and nearest search sent through the decision index (what large pools do), and
+    numpy alone (an install without a C compiler)."""
+    saved = RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_NEAREST_MAX
+    if request.param == "numpy":
+        RougeLIndex._native = None
+    elif RougeLIndex._native is None:
+        pytest.skip("the native kernel is not built (no C compiler at install time)")
+    if request.param == "native+index":
+        similarity._NATIVE_SCAN_MAX = similarity._NATIVE_NEAREST_MAX = -1
+    try:
+        yield request.param
+    finally:
+        RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_NEAREST_MAX = saved
+
+
+def test_the_native_kernel_is_built_in_ci() -> None:
+    """CI must exercise the native kernel: the install there has a compiler."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("only checked in CI")
+    assert similarity._native_overlap is not None
 
 
 class _UnicodeTok:
