@@ -205,6 +205,12 @@ _NATIVE_SCAN_MAX = 20_000
 # The nearest of an accepted text goes through the native postings search rather than a probe
 # of the index when its final round reads at most this many postings.
 _NATIVE_NEAREST_MAX = 100_000
+# With the native kernel, counting postings is several times cheaper than scoring texts: fewer
+# texts scored per deepening round, and the final round starts with a prefix this many times
+# longer (both measured: the nearest of accepted instructions 0.51 -> 0.39 ms at 52k, 1.7 -> 1.5
+# ms at 1M).
+_NATIVE_SEED_TOP = 32
+_NATIVE_PREFIX_X = 8
 # Entries per chunk when building CSR postings (bounds temporaries at 1M texts).
 _BUILD_CHUNK = 1 << 21
 # 64-bit words of the per-text bitmask of the most frequent keys, and how many keys get a bit.
@@ -1313,7 +1319,9 @@ class RougeLIndex:
         n_keys = len(qkeys)
         cum = np.cumsum(df[qkeys]).tolist()  # cum[j]: postings in the j+1 rarest keys
 
-        budget, top = _SEED_POSTINGS, _SEED_TOP
+        budget, top, prefix_x = _SEED_POSTINGS, _SEED_TOP, 1
+        if self._native is not None:
+            top, prefix_x = _NATIVE_SEED_TOP, _NATIVE_PREFIX_X
         while True:
             # A text sharing none of the rarest n_keys - s keys has F <= 2s/(s+n) < best.
             s = 0
@@ -1322,7 +1330,7 @@ class RougeLIndex:
             n_prefix = n_keys - s
             if n_prefix == 0:  # defensive: best <= 2K/(K+n) keeps s below K
                 return best, best_id
-            if n_prefix == 1 or cum[n_prefix - 1] <= 2 * budget:
+            if n_prefix == 1 or cum[n_prefix - 1] <= 2 * budget * prefix_x:
                 break
             # Deepening round: read the rarest keys within budget and score the texts sharing
             # the most of them; a higher best shortens the prefix the final round must read.

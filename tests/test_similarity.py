@@ -87,7 +87,7 @@ def tiny_budgets() -> Iterator[None]:
              "_FIRST_CHUNK": 1, "_EXTEND_BATCH": 7, "_TAIL_MIN": 2, "_SMALL_RUN": 3,
              "_SNAPSHOT_MIN": 4, "_RESNAPSHOT": 2, "_N_COMMON": 3, "_M_CAP": 6,
              "_OVERLAP_MIN": 1, "_VERIFY_CHUNK": 1, "_SEED_HITS": 2, "_SEED_SAMPLE": 2,
-             "_BUILD_CHUNK": 5}  # fmt: skip
+             "_BUILD_CHUNK": 5, "_NATIVE_SEED_TOP": 2, "_NATIVE_PREFIX_X": 1}  # fmt: skip
     saved = {k: getattr(similarity, k) for k in names}
     for k, v in names.items():
         setattr(similarity, k, v)
