@@ -32,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
 from instruction_text import InstructionSource  # noqa: E402
+from revisions import package_at  # noqa: E402
 
 from selfinstruct.records import AcceptedTask  # noqa: E402
 from selfinstruct.store import RunStore  # noqa: E402
@@ -128,13 +129,6 @@ def measure(template: Path, size: int, code: Path, extra: list[str]) -> dict[str
     return {"seconds": seconds, "rss_mb": peak_rss, "pss_mb": peak_pss}
 
 
-def code_at(rev: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "selfinstruct"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="200k", help="comma list of run sizes, e.g. 200k,1M")
@@ -142,7 +136,7 @@ def main() -> None:
     parser.add_argument("--columns", default="before,after,after, in-process", help="which columns to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = code_at(args.before, Path(tmp) / "before")
+        before = package_at(args.before, Path(tmp) / "before")
         columns = [("before", before, []), ("after", REPO, []), ("after, in-process", REPO, ["--filter-process", "no"])]
         print(f"{'tasks':>9}  {'column':<20} {'to first request':>17} {'peak RSS (tree)':>16} {'peak PSS (tree)':>16}")
         for size in (parse_size(s) for s in args.sizes.split(",")):

@@ -39,6 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from revisions import native_kernel, package_at
+
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fake_openai.py"
 
@@ -337,13 +339,6 @@ ROWS = {"saturation": row_saturation, "batching": row_batching, "judged": row_ju
 # -- driver ------------------------------------------------------------------------------------
 
 
-def _head_tree(into: Path, rev: str = "HEAD") -> Path:
-    """The package as committed at ``rev``, for the "before" column."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "selfinstruct"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _child(code: Path, row: str, extra: list[str]) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
     # In the code's own directory: `python -m` (the judging process) imports from its working
@@ -354,7 +349,7 @@ def _child(code: Path, row: str, extra: list[str]) -> dict[str, Any]:
     )  # fmt: skip
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "native_kernel": native_kernel(code)}
 
 
 def _fmt(r: dict[str, Any], key: str, spec: str) -> str:
@@ -392,7 +387,7 @@ def main() -> None:
         "cpu": ("cpu", []),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        codes = {"before": _head_tree(Path(tmp), args.before), "after": REPO}
+        codes = {"before": package_at(args.before, Path(tmp)), "after": REPO}
         columns = [args.only] if args.only else ["before", "after"]
         results: dict[str, dict[str, dict[str, Any]]] = {}
         for name in args.rows.split(","):
