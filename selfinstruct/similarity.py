@@ -1182,18 +1182,20 @@ class RougeLIndex:
                        below: tuple[float, int] | None = None) -> tuple[float, int | None]:  # fmt: skip
         """Exact nearest among texts ``< limit``, through the decision index (built <= floor).
 
-        1. Exhaustive probe at ``t`` (the decision threshold): a best above ``t`` is exact.
-           Skipped when ``below`` is given: then nothing ``< limit`` exceeds ``t`` (an earlier
+        1. Exhaustive probe at ``t`` (the decision threshold; the native kernel's when its scan
+           is small): a best above ``t`` is exact. Skipped when ``below`` is given: then nothing ``< limit`` exceeds ``t`` (an earlier
            probe showed it) and ``below`` is a verified (F, id) with id ``< limit`` (or -1).
         2. If the best seen (runners-up included) is at least the floor: an exhaustive probe
            for "F >= x" (F above the float just below x), x that best: when the maximum is
            >= x, every text reaching it is a candidate, so the best is exact. Below the floor
            (plain prose, whose nearest is often far) that probe seldom succeeds and reads more
-           than the postings search does, so it is skipped.
+           than the postings search does, so it is skipped; so it is when the native kernel's
+           postings search would read few postings.
         3. Else the maximum is below x: the full postings search, seeded with the best seen.
         """
         if below is None:
-            best, i = self._probe(q, t, True, limit, runners_up=_RUNNERS_UP)
+            found = self._native_probe(q, t, True, limit, _RUNNERS_UP)
+            best, i = found if found is not None else self._probe(q, t, True, limit, runners_up=_RUNNERS_UP)
             if best > t:
                 return best, i
         else:
@@ -1262,10 +1264,7 @@ class RougeLIndex:
         if t >= 1.0:
             score, i = self._nearest(q, -1.0, -1, self._n)
         else:
-            found = self._native_probe(q, t, True, self._n, _RUNNERS_UP)
-            score, i = self._exact_nearest(q, t, self._n, found if found is not None and found[0] <= t else None)
-            if found is not None and found[0] > t:
-                score, i = found
+            score, i = self._exact_nearest(q, t, self._n)
         return Decision(score > t, score, i)
 
     # -- nearest --------------------------------------------------------------------------
