@@ -10,10 +10,12 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
 typedef struct {
-    Py_buffer view;
-    const int32_t *ids;
-    Py_ssize_t len;
+    Py_buffer tail_view;
+    int has_tail;
+    const int32_t *ids[2];
+    Py_ssize_t len[2];
 } IdList;
 
 static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
@@ -45,10 +47,23 @@ static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
     return lo;
 }
 
-/* survivors(lists, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r)
+static int has_id(const IdList *list, int32_t id)
+{
+    for (int part = 0; part < 2; part++) {
+        Py_ssize_t at = lower_bound(list->ids[part], list->len[part], id);
+        if (at < list->len[part] && list->ids[part][at] == id)
+            return 1;
+    }
+    return 0;
+}
+
+/* survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners)
+ *     -> (k, r)
  *
- * lists:  K int32 arrays, the ascending text ids holding each of the query's keys, rarest first.
- * n_scan: the first n_scan lists are read in full; the other K - n_scan (the most common keys)
+ * keys:   int64, the query's keys, rarest first. Key k's postings (the ascending ids of the texts
+ *         holding it) are data[indptr[k]:indptr[k + 1]] (int64 indptr, int32 data; none when
+ *         k + 1 >= len(indptr)) followed by tails[i], None or an int32 array of larger ids.
+ * n_scan: the postings of the first n_scan keys are read in full; the other K - n_scan (the most common keys)
  *         are only looked up for texts still in the running. The caller picks n_scan so that a
  *         text found in none of the first n_scan cannot reach the bar.
  * lens:   int32, token count per text. need: int32 per length m, the overlap a text of that
@@ -62,33 +77,64 @@ static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
  */
 static PyObject *survivors(PyObject *self, PyObject *args)
 {
-    PyObject *lists_obj, *lens_obj, *need_obj, *counts_obj, *out_obj, *ov_obj, *runners_obj;
+    PyObject *keys_obj, *indptr_obj, *data_obj, *tails_obj, *lens_obj, *need_obj, *counts_obj, *out_obj, *ov_obj,
+        *runners_obj;
     Py_ssize_t n_scan, limit;
-    if (!PyArg_ParseTuple(args, "OnOOnOOOO", &lists_obj, &n_scan, &lens_obj, &need_obj, &limit, &counts_obj,
-                          &out_obj, &ov_obj, &runners_obj))
+    if (!PyArg_ParseTuple(args, "OOOOnOOnOOOO", &keys_obj, &indptr_obj, &data_obj, &tails_obj, &n_scan, &lens_obj,
+                          &need_obj, &limit, &counts_obj, &out_obj, &ov_obj, &runners_obj))
         return NULL;
-    PyObject *seq = PySequence_Fast(lists_obj, "lists must be a sequence");
+    PyObject *seq = PySequence_Fast(tails_obj, "tails must be a sequence");
     if (seq == NULL)
         return NULL;
     Py_ssize_t n_lists = PySequence_Fast_GET_SIZE(seq);
-    if (n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "need 0 <= n_scan <= len(lists) <= 65535 and limit >= 0");
-        return NULL;
-    }
-    IdList *lists = PyMem_Calloc(n_lists ? (size_t)n_lists : 1, sizeof(IdList));
-    Py_buffer lens_v, need_v, counts_v, out_v, ov_v, runners_v;
-    int have = 0; /* buffers taken so far: lists first, then the six others */
+    Py_buffer keys_v, indptr_v, data_v, lens_v, need_v, counts_v, out_v, ov_v, runners_v;
+    int have = 0; /* buffers taken so far, in the order below */
     Py_ssize_t k = -1, r = 0;
+    IdList *lists = NULL;
+    if (take_buffer(keys_obj, &keys_v, 0, 8, "keys") < 0)
+        goto done;
+    have++;
+    if (take_buffer(indptr_obj, &indptr_v, 0, 8, "indptr") < 0)
+        goto done;
+    have++;
+    if (take_buffer(data_obj, &data_v, 0, 4, "data") < 0)
+        goto done;
+    have++;
+    if (keys_v.len / 8 != n_lists || n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "need len(keys) == len(tails) <= 65535, 0 <= n_scan <= len(keys), limit >= 0");
+        goto done;
+    }
+    lists = PyMem_Calloc(n_lists ? (size_t)n_lists : 1, sizeof(IdList));
     if (lists == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n_lists; i++, have++) {
-        if (take_buffer(PySequence_Fast_GET_ITEM(seq, i), &lists[i].view, 0, 4, "lists") < 0)
+    const int64_t *keys = (const int64_t *)keys_v.buf;
+    const int64_t *indptr = (const int64_t *)indptr_v.buf;
+    const Py_ssize_t n_indptr = indptr_v.len / 8, n_data = data_v.len / 4;
+    for (Py_ssize_t i = 0; i < n_lists; i++) {
+        int64_t key = keys[i];
+        if (key < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative key");
             goto done;
-        lists[i].ids = (const int32_t *)lists[i].view.buf;
-        lists[i].len = lists[i].view.len / 4;
+        }
+        if (key + 1 < n_indptr) {
+            int64_t a = indptr[key], b = indptr[key + 1];
+            if (a < 0 || b < a || b > n_data) {
+                PyErr_SetString(PyExc_ValueError, "indptr out of range of data");
+                goto done;
+            }
+            lists[i].ids[0] = (const int32_t *)data_v.buf + a;
+            lists[i].len[0] = (Py_ssize_t)(b - a);
+        }
+        PyObject *tail = PySequence_Fast_GET_ITEM(seq, i);
+        if (tail != Py_None) {
+            if (take_buffer(tail, &lists[i].tail_view, 0, 4, "tails") < 0)
+                goto done;
+            lists[i].has_tail = 1;
+            lists[i].ids[1] = (const int32_t *)lists[i].tail_view.buf;
+            lists[i].len[1] = lists[i].tail_view.len / 4;
+        }
     }
     if (take_buffer(lens_obj, &lens_v, 0, 4, "lens") < 0)
         goto done;
@@ -129,13 +175,15 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     /* 1. Count the scanned lists per text; out collects each text once. */
     Py_ssize_t touched = 0;
     for (Py_ssize_t i = 0; i < n_scan; i++) {
-        const int32_t *ids = lists[i].ids;
-        for (Py_ssize_t j = 0, len = lists[i].len; j < len; j++) {
-            int32_t id = ids[j];
-            if (id >= limit || id < 0)
-                break; /* ascending: the rest is past the limit */
-            if (counts[id]++ == 0)
-                out[touched++] = id;
+        for (int part = 0; part < 2; part++) {
+            const int32_t *ids = lists[i].ids[part];
+            for (Py_ssize_t j = 0, len = lists[i].len[part]; j < len; j++) {
+                int32_t id = ids[j];
+                if (id >= limit || id < 0)
+                    break; /* ascending: the rest is past the limit */
+                if (counts[id]++ == 0)
+                    out[touched++] = id;
+            }
         }
     }
     /* 2. Keep the texts that could reach the bar if they held every key not read yet. */
@@ -175,26 +223,24 @@ static PyObject *survivors(PyObject *self, PyObject *args)
      *    binary search while they are few, else by one pass over the list), then drop those
      *    that can no longer reach the bar. */
     for (Py_ssize_t i = n_scan; i < n_lists && alive > 0; i++) {
-        const int32_t *ids = lists[i].ids;
-        Py_ssize_t len = lists[i].len;
+        Py_ssize_t len = lists[i].len[0] + lists[i].len[1];
         rest--;
         Py_ssize_t steps = 1;
         while (((Py_ssize_t)1 << steps) < len)
             steps++;
         if (alive * steps < len) {
-            for (Py_ssize_t t = 0; t < alive; t++) {
-                int32_t id = out[t];
-                Py_ssize_t at = lower_bound(ids, len, id);
-                if (at < len && ids[at] == id)
-                    counts[id]++;
-            }
+            for (Py_ssize_t t = 0; t < alive; t++)
+                counts[out[t]] += (uint16_t)has_id(&lists[i], out[t]);
         } else {
-            for (Py_ssize_t j = 0; j < len; j++) {
-                int32_t id = ids[j];
-                if (id >= limit || id < 0)
-                    break;
-                if (counts[id])
-                    counts[id]++;
+            for (int part = 0; part < 2; part++) {
+                const int32_t *ids = lists[i].ids[part];
+                for (Py_ssize_t j = 0, n = lists[i].len[part]; j < n; j++) {
+                    int32_t id = ids[j];
+                    if (id >= limit || id < 0)
+                        break;
+                    if (counts[id])
+                        counts[id]++;
+                }
             }
         }
         Py_ssize_t kept = 0;
@@ -223,21 +269,30 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         k = -1;
     }
 done:
-    if (have > n_lists + 5)
+    if (have > 8)
         PyBuffer_Release(&runners_v);
-    if (have > n_lists + 4)
+    if (have > 7)
         PyBuffer_Release(&ov_v);
-    if (have > n_lists + 3)
+    if (have > 6)
         PyBuffer_Release(&out_v);
-    if (have > n_lists + 2)
+    if (have > 5)
         PyBuffer_Release(&counts_v);
-    if (have > n_lists + 1)
+    if (have > 4)
         PyBuffer_Release(&need_v);
-    if (have > n_lists)
+    if (have > 3)
         PyBuffer_Release(&lens_v);
-    for (Py_ssize_t i = 0; i < n_lists && i < have; i++)
-        PyBuffer_Release(&lists[i].view);
-    PyMem_Free(lists);
+    if (have > 2)
+        PyBuffer_Release(&data_v);
+    if (have > 1)
+        PyBuffer_Release(&indptr_v);
+    if (have > 0)
+        PyBuffer_Release(&keys_v);
+    if (lists != NULL) {
+        for (Py_ssize_t i = 0; i < n_lists; i++)
+            if (lists[i].has_tail)
+                PyBuffer_Release(&lists[i].tail_view);
+        PyMem_Free(lists);
+    }
     Py_DECREF(seq);
     if (k < 0)
         return NULL;
@@ -246,7 +301,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
-     "survivors(lists, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
+     "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
      "overlap with a query can reach a bar, and their exact overlaps (see selfinstruct/_overlap.c)."},
     {NULL, NULL, 0, NULL},
 };

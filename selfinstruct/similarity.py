@@ -1355,7 +1355,7 @@ class RougeLIndex:
         if self._native is not None:
             # One native pass: every text that can still reach best, with its exact overlap.
             need = self._min_shared(best, n, 0).astype(np.int32)
-            cand, acc, _ = self._survivors([self._full.get(k) for k in qkeys], n_prefix, need, limit)
+            cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit)
             m = lens_all[cand]
             rest = 0
         else:
@@ -1413,18 +1413,20 @@ class RougeLIndex:
             cand, neg_ub = cand[:end], neg_ub[:end]
         return best, best_id
 
-    def _survivors(self, lists: list[np.ndarray], n_scan: int, need: np.ndarray, limit: int,
+    def _survivors(self, keys: list[int], n_scan: int, need: np.ndarray, limit: int,
                    runners: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
-        """The native kernel: texts < limit in ``lists`` whose overlap can reach ``need[m]``, and
-        their exact overlaps (see _overlap.c); texts in none of the first ``n_scan`` lists must
-        be unable to. Also up to ``runners`` of the dropped texts that came closest."""
+        """The native kernel: texts < limit holding any of ``keys`` (rarest first) whose overlap
+        can reach ``need[m]``, and their exact overlaps (see _overlap.c); texts holding none of
+        the first ``n_scan`` keys must be unable to. Also up to ``runners`` of the dropped texts
+        that came closest."""
         if len(self._counts) < limit:
             size = limit + (limit >> 2) + 1024
             self._counts = np.zeros(size, dtype=np.uint16)
             self._out, self._out_ov = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32)
-        room = np.empty(runners, dtype=np.int32)
-        k, r = self._native.survivors(lists, n_scan, self._lens.a, need, limit, self._counts, self._out,
-                                      self._out_ov, room)  # fmt: skip
+        full, room = self._full, np.empty(runners, dtype=np.int32)
+        tails = list(map(full.tail.get, keys)) if full.tail else [None] * len(keys)
+        k, r = self._native.survivors(np.array(keys, dtype=np.int64), full.indptr, full.data, tails, n_scan,
+                                      self._lens.a, need, limit, self._counts, self._out, self._out_ov, room)  # fmt: skip
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
     def _native_reads_little(self, q: _Query, best: float) -> bool:
@@ -1462,8 +1464,7 @@ class RougeLIndex:
         if int(df[q.keys][order[:n_scan]].sum()) > _NATIVE_SCAN_MAX:
             return None
         keys = [q.keys[i] for i in order.tolist()]  # rarest first
-        cand, ov, runners = self._survivors([self._full.get(k) for k in keys], n_scan, table.need32, limit,
-                                            runners_up)  # fmt: skip
+        cand, ov, runners = self._survivors(keys, n_scan, table.need32, limit, runners_up)
         if len(cand) > 1:
             ub = 2 * ov / (self._lens.a[cand] + q.n)
             order = np.lexsort((cand, -ub))  # most promising first, ascending ids among equals
@@ -1497,7 +1498,7 @@ class RougeLIndex:
         """Texts holding any of ``keys`` (ascending without the native kernel) and how many of
         the keys each holds."""
         if self._native is not None:
-            cand, acc, _ = self._survivors([self._full.get(k) for k in keys], len(keys),
+            cand, acc, _ = self._survivors(keys, len(keys),
                                            np.ones(self._max_len + 1, dtype=np.int32), limit)  # fmt: skip
             return cand, acc
         if len(keys) == 1:
