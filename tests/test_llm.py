@@ -4,7 +4,9 @@ answer parsing. No server; see test_pool_hostile.py for the pool against a real 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import heapq
+import json
 import logging
 from collections.abc import Iterator
 from email.utils import format_datetime
@@ -19,6 +21,7 @@ from selfinstruct.llm import (
     MAX_CONCURRENCY_PER_ENDPOINT,
     AdaptiveLimit,
     EndpointPool,
+    GenerationRequest,
     RequestFailed,
     redact_url,
 )
@@ -467,6 +470,59 @@ def test_answer_size_cap_without_content_length(monkeypatch: pytest.MonkeyPatch)
             await llm._cap_answer_size(http.Response(200, headers={"Content-Length": "101"}, content=b""))
 
     asyncio.run(main())
+
+
+ANSWER = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1}}
+
+
+def http_reply(status: str, headers: dict[str, str], body: bytes) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"HTTP/1.1 {status}\r\n{head}connection: close\r\n\r\n".encode() + body
+
+
+def canned_generate(replies: dict[str, bytes]) -> Any:
+    """pool.generate once against a loopback server that answers each path with fixed bytes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = [int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:")]
+        await reader.readexactly(length[0] if length else 0)
+        writer.write(replies[head[0].split(" ")[1]])
+        await writer.drain()
+        writer.close()
+
+    async def main() -> Any:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        pool = EndpointPool([url], api_key="k", model="m", max_attempts=1, request_timeout=10)
+        try:
+            return await pool.generate(GenerationRequest("chat", [{"role": "user", "content": "x"}], 8))
+        finally:
+            await pool.aclose()
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_streamed_answer_over_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm, "MAX_ANSWER_BYTES", 100)
+    chunks = b"1e\r\n" + b"x" * 30 + b"\r\n"
+    body = chunks * 10 + b"0\r\n\r\n"  # chunked: no Content-Length to check first
+    reply = http_reply("200 OK", {"content-type": "application/json", "transfer-encoding": "chunked"}, body)
+    failed = canned_generate({"/v1/chat/completions": reply})
+    assert isinstance(failed, RequestFailed) and failed.kind == "malformed_answer"
+    assert "larger than 100 bytes" in failed.message
+
+
+def test_compressed_and_redirected_answers_are_read() -> None:
+    packed = gzip.compress(json.dumps(ANSWER).encode())
+    headers = {"content-type": "application/json", "content-encoding": "gzip", "content-length": str(len(packed))}
+    gzipped = http_reply("200 OK", headers, packed)
+    assert canned_generate({"/v1/chat/completions": gzipped}).text == "hi"
+    moved = http_reply("307 Temporary Redirect", {"location": "/v2/chat/completions", "content-length": "0"}, b"")
+    plain = json.dumps(ANSWER).encode()
+    answer = http_reply("200 OK", {"content-type": "application/json", "content-length": str(len(plain))}, plain)
+    assert canned_generate({"/v1/chat/completions": moved, "/v2/chat/completions": answer}).text == "hi"
 
 
 # -- construction -----------------------------------------------------------------------------
