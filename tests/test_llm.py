@@ -480,11 +480,14 @@ def http_reply(status: str, headers: dict[str, str], body: bytes) -> bytes:
     return f"HTTP/1.1 {status}\r\n{head}connection: close\r\n\r\n".encode() + body
 
 
-def canned_generate(replies: dict[str, bytes]) -> Any:
-    """pool.generate once against a loopback server that answers each path with fixed bytes."""
+def canned_generate(replies: dict[str, bytes], userinfo: str = "", heads: list[list[str]] | None = None) -> Any:
+    """pool.generate once against a loopback server that answers each path with fixed bytes
+    (the request heads it saw go to ``heads``)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        if heads is not None:
+            heads.append(head)
         length = [int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:")]
         await reader.readexactly(length[0] if length else 0)
         writer.write(replies[head[0].split(" ")[1]])
@@ -493,7 +496,7 @@ def canned_generate(replies: dict[str, bytes]) -> Any:
 
     async def main() -> Any:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        url = f"http://{userinfo}127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         pool = EndpointPool([url], api_key="k", model="m", max_attempts=1, request_timeout=10)
         try:
             return await pool.generate(GenerationRequest("chat", [{"role": "user", "content": "x"}], 8))
@@ -523,6 +526,16 @@ def test_compressed_and_redirected_answers_are_read() -> None:
     plain = json.dumps(ANSWER).encode()
     answer = http_reply("200 OK", {"content-type": "application/json", "content-length": str(len(plain))}, plain)
     assert canned_generate({"/v1/chat/completions": moved, "/v2/chat/completions": answer}).text == "hi"
+
+
+def test_a_url_with_credentials_goes_through_the_whole_client() -> None:
+    """httpx turns user:password in a URL into Basic auth; the direct path would drop it."""
+    plain = json.dumps(ANSWER).encode()
+    answer = http_reply("200 OK", {"content-type": "application/json", "content-length": str(len(plain))}, plain)
+    heads: list[list[str]] = []
+    assert canned_generate({"/v1/chat/completions": answer}, "user:pw@", heads).text == "hi"
+    auth = [h.split(":", 1)[1].strip() for h in heads[0] if h.lower().startswith("authorization:")]
+    assert auth == ["Basic dXNlcjpwdw=="]
 
 
 # -- construction -----------------------------------------------------------------------------
