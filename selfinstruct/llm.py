@@ -556,7 +556,7 @@ class _Sender:
             # The transport httpx would pick (a proxy's, if the environment names one). Credentials
             # in the URL make httpx replace the key by Basic auth: left to httpx's client.
             # (a private method of httpx's client: without it, the whole client it is)
-            transports = [getattr(shard, "_transport_for_url", lambda _url: None)(url) for shard in self.shards]
+            transports: list[Any] = [getattr(shard, "_transport_for_url", lambda _url: None)(url) for shard in self.shards]
             direct = not (url.username or url.password) and all(
                 isinstance(t, self._http.AsyncHTTPTransport) and hasattr(t, "_pool") for t in transports
             )
