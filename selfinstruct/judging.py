@@ -435,7 +435,7 @@ class _JudgeSession:
             async with model_server(cfg.base_urls, cfg.model_path, cfg.output_dir) as urls:
                 try:
                     stage = self.stage = await open_stage(cfg, store, urls, embedded=not cfg.base_urls)
-                    warn_if_self_judging(stage.pool.model or "", {a.model for a in store.accepted} | {t.model for t in store.tasks.values()})
+                    warn_if_self_judging(stage.pool.model or "", store.models_on_disk() | {t.model for t in store.tasks.values()})
                     stage.feed(items)
                     stage.close()
                     if cfg.progress:

@@ -176,7 +176,7 @@ class _Session:
         previous = store.previous_run
         created = previous.get("created") if isinstance(previous.get("created"), str) else None
         if created is None:
-            created = store.accepted[0].created if store.accepted and store.accepted[0].created else now_utc()
+            created = (store.accepted[0].created if store.accepted else "") or now_utc()
         sessions = previous.get("sessions")
         data = {
             "tool": f"selfinstruct {__version__}",
@@ -339,9 +339,11 @@ class _Session:
                         threshold=cfg.similarity_threshold,
                         tokenizer=cfg.tokenizer,
                         seeds=seeds,
-                        accepted=store.accepted,
+                        accepted=(),
                         next_task_number=store.next_task_number,
                     )
+                    # The store keeps no task in memory: one pass over the file for the pool.
+                    judge.admit_many(*store.accepted.instructions_and_ids())
             progress = Progress(cfg.progress, cfg.num_instructions, len(store.accepted))
             engine_class = Engine
             if self_instruct:

@@ -37,11 +37,12 @@ import os
 import re
 import sys
 import tempfile
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, overload
 
 from .errors import LockedError, StoreError
 from .records import (
@@ -57,6 +58,7 @@ from .records import (
 
 __all__ = [
     "ACCEPTED_FILE",
+    "AcceptedTasks",
     "REJECTED_FILE",
     "REQUESTS_FILE",
     "TASKS_FILE",
@@ -259,14 +261,35 @@ def _read_records(
 ) -> list[R]:
     """Records of PATH from byte ``offset``. Unreadable lines are moved to quarantine (``repair``)
     or skipped with a notice (read-only views of a run that may be writing)."""
-    if not path.exists():
-        return []
     records: list[R] = []
+    _scan_records(path, parse, lambda _, record: records.append(record), offset=offset, first_line=first_line,
+                  repair=repair, notices=notices)  # fmt: skip
+    return records
+
+
+def _scan_records(
+    path: Path,
+    parse: Callable[[Any], R],
+    keep: Callable[[int, R], None],
+    *,
+    offset: int = 0,
+    first_line: int = 1,
+    repair: bool,
+    notices: list[str],
+) -> bool:
+    """Call ``keep(start, record)`` for each readable record of PATH from byte ``offset``, ``start``
+    being where its line begins; handle unreadable lines as :func:`_read_records` says. Returns
+    True when lines were moved out of the file (the starts given before then no longer hold)."""
+    if not path.exists():
+        return False
     bad: list[tuple[int, bytes, str]] = []
     # Line by line: a million-task file is never held whole in memory beside its records.
     with path.open("rb") as fh:
         fh.seek(offset)
+        position = offset
         for number, raw in enumerate(fh, first_line):
+            start = position
+            position += len(raw)
             if raw.endswith(b"\n"):
                 raw = raw[:-1]
             elif not repair:
@@ -274,26 +297,38 @@ def _read_records(
             if not raw.strip():
                 continue
             try:
-                records.append(parse(json.loads(raw)))
+                keep(start, parse(json.loads(raw)))
             except (ValueError, RecordError) as exc:
                 why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                 bad.append((number, raw, why))
     if not bad:
-        return records
+        return False
     where = ", ".join(str(n) for n, _, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
     first_why = bad[0][2]
     if "newer selfinstruct" in first_why:
         raise StoreError(f"{path}:{bad[0][0]}: {first_why}")
     if not repair:
         notices.append(f"{path.name}: skipped {len(bad)} unreadable line(s) (line {where}: {first_why})")
-        return records
+        return False
     moved = _quarantine(path, [raw for _, raw, _ in bad])
     _rewrite_without(path, offset, {n - first_line for n, _, _ in bad})
     notices.append(
         f"{path.name}: moved {len(bad)} unreadable line(s) (line {where}: {first_why}) to {moved.name}; "
         f"the other lines are kept. Look at them there; nothing else is needed"
     )
-    return records
+    return True
+
+
+def _line_starts(path: Path) -> tuple[array[int], int]:
+    """Where each non-blank line of PATH begins, and the file's size."""
+    starts = array("q")
+    position = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                starts.append(position)
+            position += len(raw)
+    return starts, position
 
 
 def _rewrite_without(path: Path, offset: int, drop: set[int]) -> None:
@@ -476,6 +511,113 @@ def _add_legacy_counters(counters: Counters, run: dict[str, Any]) -> None:
 # -- the store ------------------------------------------------------------------------------------
 
 
+class AcceptedTasks(Sequence[AcceptedTask]):
+    """The accepted tasks of a store, in order, each read back from ``instructions.jsonl`` when asked for.
+
+    Only where each record's line begins is kept (8 bytes a task; the records themselves took
+    half a GB at a million tasks, for a run that reads a few of them per request). The store
+    holds the lock, appends whole lines and never moves one after opening, so a start stays
+    valid; a line that does not read back whole means the file was changed under the run.
+    """
+
+    def __init__(self, path: Path, starts: array[int] | None = None, end: int = 0) -> None:
+        self._path = path
+        self._starts = starts if starts is not None else array("q")
+        self._end = end  # where the last record's line ends
+        self._fh: IO[bytes] | None = None  # opened on first read; the file may not exist before
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> AcceptedTask: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[AcceptedTask]: ...
+
+    def __getitem__(self, index: int | slice) -> AcceptedTask | list[AcceptedTask]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        n = len(self._starts)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("accepted task index out of range")
+        start = self._starts[index]
+        end = self._starts[index + 1] if index + 1 < n else self._end
+        if self._fh is None:
+            self._fh = self._path.open("rb", buffering=0)
+        try:
+            raw = os.pread(self._fh.fileno(), end - start, start)
+        except OSError as exc:
+            raise os_error(exc, self._path, "read") from exc
+        return self._parse(raw, index)
+
+    def __iter__(self) -> Iterator[AcceptedTask]:
+        """In order, reading the file once (the tasks committed once this starts are left out)."""
+        for index, raw in self._lines():
+            yield self._parse(raw, index)
+
+    def instructions_and_ids(self) -> tuple[list[str], list[str]]:
+        """Every task's instruction and id, for a similarity pool: one pass, no full records."""
+        texts: list[str] = []
+        ids: list[str] = []
+        for index, raw in self._lines():
+            try:
+                data = json.loads(raw)
+                text, id_ = data["instruction"], data.get("id", "")  # checked when the store opened
+            except (ValueError, KeyError, TypeError) as exc:
+                raise self._changed(index) from exc
+            texts.append(text)
+            ids.append(id_)
+        return texts, ids
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        starts, n = self._starts, len(self._starts)
+        if not n:
+            return
+        index, position = 0, starts[0]
+        try:
+            with self._path.open("rb") as fh:
+                fh.seek(position)
+                for raw in fh:
+                    if position == starts[index]:
+                        yield index, raw
+                        index += 1
+                        if index == n:
+                            return
+                    position += len(raw)
+        except OSError as exc:
+            raise os_error(exc, self._path, "read") from exc
+        raise self._changed(index)
+
+    def _parse(self, raw: bytes, index: int) -> AcceptedTask:
+        # Blank lines may follow a record up to the next one; whitespace is valid JSON around it.
+        if not raw.endswith(b"\n"):
+            raise self._changed(index)
+        try:
+            return AcceptedTask.from_json(json.loads(raw))
+        except (ValueError, RecordError) as exc:
+            raise self._changed(index) from exc
+
+    def _changed(self, index: int) -> StoreError:
+        return StoreError(
+            f"{self._path}: accepted task {index + 1} no longer reads back as it was written: the file was "
+            "changed while the run was writing it; stop the run, then rerun the same command to resume"
+        )
+
+    def _append(self, lengths: Sequence[int]) -> None:
+        """Count records just appended whole, of these byte lengths, at the end of the file."""
+        for length in lengths:
+            self._starts.append(self._end)
+            self._end += length
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
 @dataclass
 class _Tally:
     """What the store knows of the two files it does not keep in memory."""
@@ -494,7 +636,9 @@ class RunStore:
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(out_dir)
-        self.accepted: list[AcceptedTask] = []
+        self.accepted = AcceptedTasks(self.path(ACCEPTED_FILE))
+        self._stamps: set[str] = set()  # settings fingerprints on the accepted tasks
+        self._models: set[str] = set()  # models that made them
         self.tasks: dict[str, SelfInstructTask] = {}  # self-instruct: finished tasks by id
         self.judgments: list[Judgment] = []
         self.counters = Counters()
@@ -546,10 +690,7 @@ class RunStore:
         self.previous_run = self._read_previous_run()
         for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE, TASKS_FILE, JUDGMENTS_FILE):
             _repair_tail(self.path(name), self.notices)
-        with without_gc():
-            self.accepted = _read_records(
-                self.path(ACCEPTED_FILE), AcceptedTask.from_json, repair=True, notices=self.notices
-            )
+        max_request = self._load_accepted()
         for task in _read_records(self.path(TASKS_FILE), SelfInstructTask.from_json, repair=True, notices=self.notices):
             self.tasks[task.id] = task
         self.judgments = _read_records(
@@ -558,9 +699,7 @@ class RunStore:
         tally = self._tally_from_checkpoint() or self._tally_from_scratch()
         self.counters = tally.counters
         self.counters.accepted = len(self.accepted)
-        numbers = [int(m.group(1)) for r in self.accepted if (m := _TASK_NUMBER.match(r.id))]
-        self.next_task_number = max(numbers, default=-1) + 1
-        self.next_request = max([tally.max_request, *(r.request for r in self.accepted)]) + 1
+        self.next_request = max(tally.max_request, max_request) + 1
         try:
             for name in (ACCEPTED_FILE, REJECTED_FILE, REQUESTS_FILE):  # tasks.jsonl only when used
                 # Unbuffered: a commit is one write of whole lines, and a failed write (full disk)
@@ -573,6 +712,33 @@ class RunStore:
             if carried:
                 # A run from before requests.jsonl: keep its totals as one line, so counters stay derived.
                 self.commit(RequestRecord(request=-1, outcome="carried_over", carried=carried, created=now_utc()))
+
+    def _load_accepted(self) -> int:
+        """Check every accepted task (quarantining what cannot be read), keep where each begins and
+        what the run needs of them all; return the highest request number among them."""
+        path = self.path(ACCEPTED_FILE)
+        starts = array("q")
+        highest = [-1, -1]  # task number, request number
+        stamps, models = self._stamps, self._models
+
+        def keep(start: int, task: AcceptedTask) -> None:
+            starts.append(start)
+            if (m := _TASK_NUMBER.match(task.id)) and int(m.group(1)) > highest[0]:
+                highest[0] = int(m.group(1))
+            if task.request > highest[1]:
+                highest[1] = task.request
+            if task.settings:
+                stamps.add(task.settings)
+            models.add(task.model)
+
+        with without_gc():
+            moved = _scan_records(path, AcceptedTask.from_json, keep, repair=True, notices=self.notices)
+        end = path.stat().st_size if path.exists() else 0
+        if moved:  # the file was rewritten without its unreadable lines: the starts moved
+            starts, end = _line_starts(path)
+        self.accepted = AcceptedTasks(path, starts, end)
+        self.next_task_number = highest[0] + 1
+        return highest[1]
 
     def _read_previous_run(self) -> dict[str, Any]:
         path = self.path(RUN_FILE)
@@ -692,6 +858,7 @@ class RunStore:
                 except OSError:
                     pass
         self._files = {}
+        self.accepted.close()
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
             self._lock_fh.close()
@@ -729,18 +896,22 @@ class RunStore:
         if self._write_failed is not None:
             raise StoreError(str(self._write_failed))  # the first failure is the one to tell
         writes: list[tuple[str, list[Any], Callable[[], None]]] = []
+        lengths: list[int] = []  # of the accepted tasks' lines, set below before they are counted
         if request is not None:  # None: a decision that needed no request (a task given up on)
             writes.append((REQUESTS_FILE, [request], lambda: self.counters.add_request(request)))
         if rejected:
             writes.append((REJECTED_FILE, list(rejected), lambda: self.counters.add_rejections(rejected)))
         if accepted:
-            writes.append((ACCEPTED_FILE, list(accepted), lambda: self.accepted.extend(accepted)))
+            writes.append((ACCEPTED_FILE, list(accepted), lambda: self._count_accepted(accepted, lengths)))
         if tasks:
             writes.append((TASKS_FILE, list(tasks), lambda: self.tasks.update((t.id, t) for t in tasks)))
         if judgments:
             writes.append((JUDGMENTS_FILE, list(judgments), lambda: self.judgments.extend(judgments)))
         for name, records, count in writes:
-            data = memoryview(b"".join(_dumps(r.to_json()) for r in records))
+            lines = [_dumps(r.to_json()) for r in records]
+            if name == ACCEPTED_FILE:
+                lengths = [len(line) for line in lines]
+            data = memoryview(b"".join(lines))
             try:
                 fh = self._files.get(name) or self._files.setdefault(name, self.path(name).open("ab", buffering=0))
                 while data:
@@ -758,6 +929,13 @@ class RunStore:
         self.counters.accepted = len(self.accepted)
         if self.on_commit is not None and (accepted or tasks):
             self.on_commit(accepted, tasks)
+
+    def _count_accepted(self, accepted: Sequence[AcceptedTask], lengths: list[int]) -> None:
+        self.accepted._append(lengths)
+        for task in accepted:
+            if task.settings:
+                self._stamps.add(task.settings)
+            self._models.add(task.model)
 
     def sync(self) -> None:
         """Push the files to stable storage (survives power loss, not only a crash)."""
@@ -844,4 +1022,8 @@ class RunStore:
 
     def fingerprints_on_disk(self) -> set[str]:
         """Settings fingerprints stamped on the accepted tasks (schema 2 records carry one)."""
-        return {r.settings for r in self.accepted if r.settings}
+        return set(self._stamps)
+
+    def models_on_disk(self) -> set[str]:
+        """Models named on the accepted tasks ("" for tasks that name none)."""
+        return set(self._models)

@@ -166,3 +166,18 @@ def test_the_worker_runs_this_package_not_one_in_the_working_directory(tmp_path:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert_valid_dataset(tmp_path / "run", 30, server)
+
+
+def test_the_worker_holds_the_pool_texts_compactly_and_gives_them_back_exactly() -> None:
+    from selfinstruct.judge_worker import _Strings
+
+    texts = ["Name a bird.", "", "Décris un oiseau \ud83d.", "鳥を説明してください", "task-000001"]
+    strings = _Strings()
+    for text in texts:
+        strings.append(text)
+    assert len(strings) == len(texts) and list(strings) == texts and list(strings) == texts  # twice: a pool build reads them twice
+    assert [strings[i] for i in range(-len(texts), len(texts))] == texts + texts
+    assert strings[1:3] == texts[1:3]
+    with pytest.raises(IndexError):
+        strings[len(texts)]
+    assert list(_Strings()) == []

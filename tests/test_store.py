@@ -11,7 +11,7 @@ import pytest
 from conftest import add_tasks
 from selfinstruct.errors import StoreError
 from selfinstruct.records import AcceptedTask, Counters, Rejection, RequestRecord
-from selfinstruct.store import RunStore, read_accepted, scan_counters
+from selfinstruct.store import RunStore, read_accepted, read_accepted_records, scan_counters
 
 
 def task_line(i: int, *, request: int | None = None, output: str = "an answer", newline: bool = True) -> bytes:
@@ -239,3 +239,37 @@ def test_a_lone_surrogate_is_stored_as_valid_json_and_reads_back(tmp_path: Path)
     with RunStore(tmp_path) as store:
         assert store.accepted[0].instruction == "Describe this emoji \ud83d in words please."
         assert not store.notices
+
+
+def test_the_accepted_tasks_read_back_from_the_file_as_written(tmp_path: Path) -> None:
+    """The store keeps where each task begins, not the task: every field reads back, before and
+    after a reopen that quarantined a line and skipped blank ones, and for tasks added since."""
+    path = tmp_path / "instructions.jsonl"
+    write(path, task_line(0), b"\n   \n", task_line(1), b"not json\n", task_line(2), b"\n")
+    with RunStore(tmp_path) as store:
+        assert store.notices  # the bad line went to quarantine: the file was rewritten under the starts
+        add_tasks(store, [("Name a bird \ud83d that cannot fly.", "", "The kiwi.")], model="m1", settings="abc")
+        add_tasks(store, [("List three rivers.", "x", "y"), ("Spell a word.", "", "z")], model="m2")
+        on_disk = [r.to_json() for r in read_accepted_records(tmp_path)]
+        assert [r.to_json() for r in store.accepted] == on_disk
+        assert [store.accepted[i].to_json() for i in range(-len(on_disk), len(on_disk))] == on_disk + on_disk
+        assert [r.id for r in store.accepted[1:4]] == ["task-000001", "task-000002", "task-000003"]
+        with pytest.raises(IndexError):
+            store.accepted[len(on_disk)]
+        texts, ids = store.accepted.instructions_and_ids()
+        assert (texts, ids) == ([r["instruction"] for r in on_disk], [r["id"] for r in on_disk])
+        assert store.fingerprints_on_disk() == {"abc"} and store.models_on_disk() == {"", "m1", "m2"}
+    with RunStore(tmp_path) as store:
+        assert [r.to_json() for r in store.accepted] == on_disk
+        assert store.accepted[-1].id == "task-000005" and store.new_task_id() == "task-000006"
+        assert store.fingerprints_on_disk() == {"abc"} and store.models_on_disk() == {"", "m1", "m2"}
+
+
+def test_an_accepted_file_changed_under_the_run_is_a_clear_error(tmp_path: Path) -> None:
+    with RunStore(tmp_path) as store:
+        add_tasks(store, [("Describe a cloud.", "", "White."), ("Describe the sea.", "", "Blue.")])
+        (tmp_path / "instructions.jsonl").write_bytes(task_line(7))  # an editor replaced it
+        with pytest.raises(StoreError, match="changed while the run was writing it"):
+            store.accepted[1]
+        with pytest.raises(StoreError, match="changed while the run was writing it"):
+            list(store.accepted)
