@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the near-duplicate decision and the nearest of accepted tasks, before and after.
 
-Before = ``selfinstruct/similarity.py`` and ``selfinstruct/judge.py`` as of BASELINE_COMMIT
+Before = ``selfinstruct/similarity.py`` and ``selfinstruct/judge.py`` as of BASELINE_COMMIT (or, with
+``--before REV``, the whole package at REV, run the way after is)
 (loaded with ``git show`` into temporary modules; the judge calls ``nearest`` on every
 candidate and rejects when it is above 0.7). After = the working tree, as its judging processes
 use it: the decider asks ``max_above`` (the decision, with the exact nearest of a
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
 import subprocess
 import sys
@@ -52,7 +54,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
+# A "before" child of --before REV runs with that revision's package first (SELFINSTRUCT_CODE).
+for p in (ROOT, ROOT / "benchmarks", *([os.environ["SELFINSTRUCT_CODE"]] if "SELFINSTRUCT_CODE" in os.environ else [])):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -185,7 +188,11 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
 
     # All candidates are drawn before the Judge is built so that the pool list can be freed.
     cands, judge_texts = stream(CAND_SEED), stream(CAND_SEED + 1)
-    judge_mod = load_baseline_judge() if version == "before" else importlib.import_module("selfinstruct.judge")
+    judge_mod = importlib.import_module("selfinstruct.judge") if args.before else (
+        load_baseline_judge() if version == "before" else importlib.import_module("selfinstruct.judge"))
+    # Through the judging processes' questions (max_above, then nearest from its runner-up) unless
+    # the version predates them (the default baseline: nearest() for every candidate).
+    split = hasattr(judge_mod.Judge, "fill_nearest")
     # A resumed run: the Judge built from every accepted record (no seeds: the pool is the run).
     tasks = [AcceptedTask(id=f"task-{i:07d}", instruction=t, input="", output="x", request=0)
              for i, t in enumerate(pool)]  # fmt: skip
@@ -205,7 +212,7 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
     idx = judge.index
     gc.disable()  # a collection would land in a random query's time
     t = THRESHOLD
-    if version == "before":
+    if not split:
         t1 = time.perf_counter()
         idx.nearest("warm up the caches")
         row["first_decision_s"] = time.perf_counter() - t1
@@ -235,7 +242,9 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
             wall.append(time.perf_counter() - w)
         row["nearest_accepted"] = stats(cpu, wall)
         res = [h if h is not None else got[c] for c, h in zip(cands, hits)]
-        if ref is not None:
+        if version == "before":
+            ref_file.write_text(json.dumps(res))
+        elif ref is not None:
             row["decisions_differ"] = sum((sc > t) != d for (sc, _), d in zip(ref, dup))
             row["nearest_differ"] = sum((sc, i) != tuple(r) for (sc, i), r in zip(ref, res))
     row["rejected"] = sum(dup) / len(dup)
@@ -256,7 +265,7 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
     # The whole judge path last (it grows the pool): filters, exact copies, the decision, and
     # for an accepted task its id, add() and the exact nearest (Judge.decide).
     items = [Candidate(x, "", "An answer long enough.") for x in judge_texts]
-    if version == "after":
+    if split:
         # The two judging processes, one after the other here: a decider and a replica of its pool
         # (built the same way) that fills in the nearest of what it accepted.
         from selfinstruct.judge import Verdict
@@ -286,7 +295,7 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
     decisions = [judge.decide(x) for x in items]
     cpu, wall = time.thread_time() - c, time.perf_counter() - w
     row["judge_per_s"], row["judge_per_s_wall"] = len(items) / cpu, len(items) / wall
-    if version == "after":
+    if split:
         whole = [d for d in decisions if type(d).__name__ == "Accept"]
         row["split_differs"] = split_accepted != [d.candidate.instruction for d in whole] or [
             (d.rouge_l, d.nearest_id) for d in filled.decisions if type(d).__name__ == "Accept"
@@ -365,6 +374,8 @@ def main() -> None:
     ap.add_argument("--brute", type=int, help="candidates checked with rouge-score (default 20)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL with {'instruction': ...}")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="where built pools are kept")
+    ap.add_argument("--before", metavar="REV", help="before = the whole package at this git revision (built with its"
+                    f" native kernel, if any) instead of {BASELINE_COMMIT}'s similarity.py and judge.py")
     ap.add_argument("--versions", default="before,after", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # kind size version ref_file
     args = ap.parse_args()
@@ -388,13 +399,20 @@ def main() -> None:
         print(f"instruction pool: {time.perf_counter() - t0:.0f} s to load or build", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        env = {version: dict(os.environ) for version in ("before", "after")}
+        if args.before:
+            from revisions import package_at
+
+            env["before"]["SELFINSTRUCT_CODE"] = str(package_at(args.before, Path(tmp) / "before-code"))
         for kind, size in runs:
             ref = Path(tmp) / f"ref-{kind}-{size}.json"
             for version in args.versions.split(","):
                 cmd = [sys.executable, __file__, "--child", kind, str(size), version, str(ref),
                        "--cache", args.cache, "--data", str(data), "--queries", str(args.queries),
-                       "--brute", str(args.brute)]  # fmt: skip
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                       "--brute", str(args.brute), *(["--before", args.before] if args.before else [])]  # fmt: skip
+                # In the code's own directory: the package imported is that one (see SELFINSTRUCT_CODE).
+                cwd = env[version].get("SELFINSTRUCT_CODE", str(ROOT))
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env[version], cwd=cwd).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(f"done {kind} {size:,} {version}", file=sys.stderr, flush=True)
     report(rows)
