@@ -1139,10 +1139,16 @@ class RougeLIndex:
             ov = self._overlap(q, cand)
             keep = ov >= need[m]
             cand, ov, m = cand[keep], ov[keep], m[keep]
-        # Most promising first (bound on F), ascending ids among equals.
+        return self._verify_ranked(q, cand, ov, m, t, exhaustive, best, best_id, [] if out is None else out.tolist())
+
+    def _verify_ranked(self, q: _Query, cand: np.ndarray, ov: np.ndarray, m: np.ndarray, t: float, exhaustive: bool,
+                       best: float, best_id: int, runners: list[int]) -> tuple[float, int]:  # fmt: skip
+        """Verify ``cand`` (overlaps at most ``ov``, lengths ``m``) most promising first, raising
+        (best, best_id): stops at the first F > t unless exhaustive; when nothing exceeds t,
+        the ``runners`` (texts that could not) are scored too, as a bar for the nearest."""
         if len(cand) > 1:
-            ub = 2 * ov / (m + n)
-            order = np.lexsort((cand, -ub))
+            ub = 2 * ov / (m + q.n)
+            order = np.lexsort((cand, -ub))  # ascending ids among equal bounds
             ids_all, ub_list = cand[order].tolist(), ub[order].tolist()
         else:
             ids_all, ub_list = cand.tolist(), [1.0] * len(cand)
@@ -1159,9 +1165,8 @@ class RougeLIndex:
                 # ub_list descends: nothing bounded below best - eps can reach best.
                 while len(ids_all) > start and ub_list[len(ids_all) - 1] < best - _EPS:
                     ids_all.pop()
-        if out is not None and best <= t:
-            ids = out.tolist()
-            for i, f in zip(ids, self._verify(q, ids), strict=True):
+        if runners and best <= t:
+            for i, f in zip(runners, self._verify(q, runners), strict=True):
                 if f > best or (f == best and i < best_id):
                     best, best_id = f, i
         return best, best_id
@@ -1183,8 +1188,9 @@ class RougeLIndex:
         """Exact nearest among texts ``< limit``, through the decision index (built <= floor).
 
         1. Exhaustive probe at ``t`` (the decision threshold; the native kernel's when its scan
-           is small): a best above ``t`` is exact. Skipped when ``below`` is given: then nothing ``< limit`` exceeds ``t`` (an earlier
-           probe showed it) and ``below`` is a verified (F, id) with id ``< limit`` (or -1).
+           is small): a best above ``t`` is exact. Skipped when ``below`` is given: then nothing
+           ``< limit`` exceeds ``t`` (an earlier probe showed it) and ``below`` is a verified
+           (F, id) with id ``< limit`` (or -1).
         2. If the best seen (runners-up included) is at least the floor: an exhaustive probe
            for "F >= x" (F above the float just below x), x that best: when the maximum is
            >= x, every text reaching it is a candidate, so the best is exact. Below the floor
@@ -1426,7 +1432,8 @@ class RougeLIndex:
         full, room = self._full, np.empty(runners, dtype=np.int32)
         tails = list(map(full.tail.get, keys)) if full.tail else [None] * len(keys)
         k, r = self._native.survivors(np.array(keys, dtype=np.int64), full.indptr, full.data, tails, n_scan,
-                                      self._lens.a, need, limit, self._counts, self._out, self._out_ov, room)  # fmt: skip
+                                      self._lens.a, need, limit, self._counts, self._out, self._out_ov,
+                                      room)  # fmt: skip
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
     def _native_reads_little(self, q: _Query, best: float) -> bool:
@@ -1465,31 +1472,7 @@ class RougeLIndex:
             return None
         keys = [q.keys[i] for i in order.tolist()]  # rarest first
         cand, ov, runners = self._survivors(keys, n_scan, table.need32, limit, runners_up)
-        if len(cand) > 1:
-            ub = 2 * ov / (self._lens.a[cand] + q.n)
-            order = np.lexsort((cand, -ub))  # most promising first, ascending ids among equals
-            ids_all, ub_list = cand[order].tolist(), ub[order].tolist()
-        else:
-            ids_all, ub_list = cand.tolist(), [1.0] * len(cand)
-        best, best_id = -1.0, -1
-        start, chunk = 0, _VERIFY_CHUNK
-        while start < len(ids_all):
-            ids = ids_all[start : start + chunk]
-            for i, f in zip(ids, self._verify(q, ids), strict=True):
-                if f > t and not exhaustive:
-                    return f, i
-                if f > best or (f == best and i < best_id):
-                    best, best_id = f, i
-            start, chunk = start + chunk, chunk * 4
-            if exhaustive and best > t:
-                # ub_list descends: nothing bounded below best - eps can reach best.
-                while len(ids_all) > start and ub_list[len(ids_all) - 1] < best - _EPS:
-                    ids_all.pop()
-        if runners and best <= t:
-            for i, f in zip(runners, self._verify(q, runners), strict=True):
-                if f > best or (f == best and i < best_id):
-                    best, best_id = f, i
-        return best, best_id
+        return self._verify_ranked(q, cand, ov, self._lens.a[cand], t, exhaustive, -1.0, -1, runners)
 
     def _hits(self, keys: list[int], limit: int) -> np.ndarray:
         return np.concatenate([self._get(k, limit) for k in keys])
