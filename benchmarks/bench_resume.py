@@ -8,7 +8,7 @@ more, sampled every 20-50 ms, as the sum of RSS and the sum of PSS (shared pages
 Then the run is stopped with SIGTERM.
 
 Columns: "before" is the code of a git revision (default: the one before judging moved to its
-own process), "after" the working tree, "after, in-process" the working tree with
+own process), "after" the working tree, "in-process" the working tree with
 `--filter-process no`. All in one invocation on one machine.
 
 Run:  python benchmarks/bench_resume.py [--sizes 200k,1M] [--before REV]
@@ -133,11 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="200k", help="comma list of run sizes, e.g. 200k,1M")
     parser.add_argument("--before", default="05182f6^", help="git revision for the before column")
-    parser.add_argument("--columns", default="before,after,after, in-process", help="which columns to run")
+    parser.add_argument("--columns", default="before,after,in-process",
+                        help="which columns to run (comma list of before, after, in-process)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         before = package_at(args.before, Path(tmp) / "before")
-        columns = [("before", before, []), ("after", REPO, []), ("after, in-process", REPO, ["--filter-process", "no"])]
+        columns = [("before", before, []), ("after", REPO, []), ("in-process", REPO, ["--filter-process", "no"])]
         print(f"{'tasks':>9}  {'column':<20} {'to first request':>17} {'peak RSS (tree)':>16} {'peak PSS (tree)':>16}")
         for size in (parse_size(s) for s in args.sizes.split(",")):
             template = Path(tmp) / f"run-{size}"
@@ -147,7 +148,7 @@ def main() -> None:
             for name, code, extra in columns:
                 if name not in args.columns.split(","):
                     continue
-                if name == "after, in-process" and size > 200_000:
+                if name == "in-process" and size > 200_000:
                     continue  # the same index in one process: the before column shows its cost
                 result = measure(template, size, code, extra)
                 print(f"{size:>9,}  {name:<20} {result['seconds']:>15.1f} s {result['rss_mb']:>13.0f} MB"
