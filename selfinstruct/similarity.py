@@ -518,7 +518,7 @@ class _PrefixIndex:
 class _Query:
     """A tokenized query: token count, known keys (token order), known token ids (token order)."""
 
-    __slots__ = ("n", "keys", "tids", "by_ord", "ords", "_seq")
+    __slots__ = ("n", "keys", "tids", "by_ord", "ords", "by_df", "_seq")
 
     def __init__(self, n: int, keys: list[int], tids: list[int]) -> None:
         self.n = n
@@ -526,7 +526,18 @@ class _Query:
         self.tids = tids  # tokens the pool knows; the others cannot be in any LCS
         self.by_ord: np.ndarray | None = None  # keys, rarest first
         self.ords: np.ndarray | None = None  # their places in the order
+        # keys from fewest to most postings, and those counts (the pool does not grow during a query)
+        self.by_df: tuple[list[int], np.ndarray] | None = None
         self._seq: str | tuple[int, ...] | None = None
+
+
+def _common_allowed(n: int, best: float, n_keys: int) -> int:
+    """The largest s <= n_keys for which a text sharing only s keys with a query of n tokens
+    has F <= 2s/(s+n) < best: the query's s most common keys cannot lead to a better text."""
+    s = 0
+    while s < n_keys and 2 * (s + 1) / (s + 1 + n) < best - _EPS:
+        s += 1
+    return s
 
 
 def _f_vec(lcs: np.ndarray, n: int, m: np.ndarray) -> np.ndarray:
@@ -1267,10 +1278,7 @@ class RougeLIndex:
         if q is None:
             return Decision(False, 0.0, None)
         self._ensure_decision_index(t)
-        if t >= 1.0:
-            score, i = self._nearest(q, -1.0, -1, self._n)
-        else:
-            score, i = self._exact_nearest(q, t, self._n)
+        score, i = self._exact_nearest(q, t, self._n) if t < 1.0 else self._nearest(q, -1.0, -1, self._n)
         return Decision(score > t, score, i)
 
     # -- nearest --------------------------------------------------------------------------
@@ -1316,22 +1324,18 @@ class RougeLIndex:
 
     def _nearest(self, q: _Query, best: float, best_id: int, limit: int) -> tuple[float, int | None]:
         n = q.n
-        qkeys = q.keys
-        if not qkeys:
+        if not q.keys:
             return 0.0, None
-        df = self._df.a
-        qkeys = [qkeys[i] for i in np.argsort(df[qkeys], kind="stable").tolist()]  # rarest first
+        qkeys, df = self._rarest_first(q)
         n_keys = len(qkeys)
-        cum = np.cumsum(df[qkeys]).tolist()  # cum[j]: postings in the j+1 rarest keys
+        cum = np.cumsum(df).tolist()  # cum[j]: postings in the j+1 rarest keys
 
         budget, top, prefix_x = _SEED_POSTINGS, _SEED_TOP, 1
         if self._native is not None:
             top, prefix_x = _NATIVE_SEED_TOP, _NATIVE_PREFIX_X
         while True:
             # A text sharing none of the rarest n_keys - s keys has F <= 2s/(s+n) < best.
-            s = 0
-            while s < n_keys and 2 * (s + 1) / (s + 1 + n) < best - _EPS:
-                s += 1
+            s = _common_allowed(n, best, n_keys)
             n_prefix = n_keys - s
             if n_prefix == 0:  # defensive: best <= 2K/(K+n) keeps s below K
                 return best, best_id
@@ -1436,15 +1440,20 @@ class RougeLIndex:
                                       room)  # fmt: skip
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
+    def _rarest_first(self, q: _Query) -> tuple[list[int], np.ndarray]:
+        """The query's keys from fewest to most postings (ties in query order), and those counts."""
+        if q.by_df is None:
+            df = self._df.a[q.keys]
+            order = np.argsort(df, kind="stable")
+            q.by_df = [q.keys[i] for i in order.tolist()], df[order]
+        return q.by_df
+
     def _native_reads_little(self, q: _Query, best: float) -> bool:
         """Whether the native postings search for a text reaching ``best`` reads few postings."""
         if self._native is None:
             return False
-        n, df = q.n, np.sort(self._df.a[q.keys])
-        s = 0  # as in _nearest: a text sharing only the s most common keys stays below best
-        while s < len(df) and 2 * (s + 1) / (s + 1 + n) < best - _EPS:
-            s += 1
-        return int(df[: len(df) - s].sum()) <= _NATIVE_NEAREST_MAX
+        df = self._rarest_first(q)[1]
+        return int(df[: len(df) - _common_allowed(q.n, best, len(df))].sum()) <= _NATIVE_NEAREST_MAX
 
     def _native_probe(self, q: _Query, t: float, exhaustive: bool, limit: int,
                       runners_up: int = 0) -> tuple[float, int] | None:  # fmt: skip
@@ -1465,12 +1474,10 @@ class RougeLIndex:
             return -1.0, -1
         # Prefix filter: a text holding none of the rarest K - amin + 1 keys shares at most
         # amin - 1 keys, below need[m] for every length.
-        df = self._df.a
-        order = np.argsort(df[q.keys], kind="stable")
-        n_scan = len(q.keys) - table.amin + 1
-        if int(df[q.keys][order[:n_scan]].sum()) > _NATIVE_SCAN_MAX:
+        keys, df = self._rarest_first(q)
+        n_scan = len(keys) - table.amin + 1
+        if int(df[:n_scan].sum()) > _NATIVE_SCAN_MAX:
             return None
-        keys = [q.keys[i] for i in order.tolist()]  # rarest first
         cand, ov, runners = self._survivors(keys, n_scan, table.need32, limit, runners_up)
         return self._verify_ranked(q, cand, ov, self._lens.a[cand], t, exhaustive, -1.0, -1, runners)
 
