@@ -87,21 +87,34 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     if (seq == NULL)
         return NULL;
     Py_ssize_t n_lists = PySequence_Fast_GET_SIZE(seq);
-    Py_buffer keys_v, indptr_v, data_v, lens_v, need_v, counts_v, out_v, ov_v, runners_v;
-    int have = 0; /* buffers taken so far, in the order below */
+    enum { KEYS, INDPTR, DATA, LENS, NEED, COUNTS, OUT, OV, RUNNERS, N_VIEWS };
+    const struct {
+        PyObject *obj;
+        int writable;
+        Py_ssize_t itemsize;
+        const char *name;
+    } wanted[N_VIEWS] = {
+        {keys_obj, 0, 8, "keys"},     {indptr_obj, 0, 8, "indptr"}, {data_obj, 0, 4, "data"},
+        {lens_obj, 0, 4, "lens"},     {need_obj, 0, 4, "need"},     {counts_obj, 1, 2, "counts"},
+        {out_obj, 1, 4, "out"},       {ov_obj, 1, 4, "out_ov"},     {runners_obj, 1, 4, "runners"},
+    };
+    Py_buffer views[N_VIEWS];
+    int have = 0; /* views taken so far */
     Py_ssize_t k = -1, r = 0;
     IdList *lists = NULL;
-    if (take_buffer(keys_obj, &keys_v, 0, 8, "keys") < 0)
+    for (; have < N_VIEWS; have++)
+        if (take_buffer(wanted[have].obj, &views[have], wanted[have].writable, wanted[have].itemsize,
+                        wanted[have].name) < 0)
+            goto done;
+    const Py_ssize_t n_need = views[NEED].len / 4;
+    if (views[KEYS].len / 8 != n_lists || n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0 || n_need < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "need len(keys) == len(tails) <= 65535, 0 <= n_scan <= len(keys), limit >= 0, a need table");
         goto done;
-    have++;
-    if (take_buffer(indptr_obj, &indptr_v, 0, 8, "indptr") < 0)
-        goto done;
-    have++;
-    if (take_buffer(data_obj, &data_v, 0, 4, "data") < 0)
-        goto done;
-    have++;
-    if (keys_v.len / 8 != n_lists || n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0) {
-        PyErr_SetString(PyExc_ValueError, "need len(keys) == len(tails) <= 65535, 0 <= n_scan <= len(keys), limit >= 0");
+    }
+    if (views[LENS].len / 4 < limit || views[COUNTS].len / 2 < limit || views[OUT].len / 4 < limit ||
+        views[OV].len / 4 < limit) {
+        PyErr_SetString(PyExc_ValueError, "lens, counts, out and out_ov need at least limit entries");
         goto done;
     }
     lists = PyMem_Calloc(n_lists ? (size_t)n_lists : 1, sizeof(IdList));
@@ -109,9 +122,10 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    const int64_t *keys = (const int64_t *)keys_v.buf;
-    const int64_t *indptr = (const int64_t *)indptr_v.buf;
-    const Py_ssize_t n_indptr = indptr_v.len / 8, n_data = data_v.len / 4;
+    const int64_t *keys = (const int64_t *)views[KEYS].buf;
+    const int64_t *indptr = (const int64_t *)views[INDPTR].buf;
+    const int32_t *data = (const int32_t *)views[DATA].buf;
+    const Py_ssize_t n_indptr = views[INDPTR].len / 8, n_data = views[DATA].len / 4;
     for (Py_ssize_t i = 0; i < n_lists; i++) {
         int64_t key = keys[i];
         if (key < 0) {
@@ -124,7 +138,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                 PyErr_SetString(PyExc_ValueError, "indptr out of range of data");
                 goto done;
             }
-            lists[i].ids[0] = (const int32_t *)data_v.buf + a;
+            lists[i].ids[0] = data + a;
             lists[i].len[0] = (Py_ssize_t)(b - a);
         }
         PyObject *tail = PySequence_Fast_GET_ITEM(seq, i);
@@ -136,37 +150,14 @@ static PyObject *survivors(PyObject *self, PyObject *args)
             lists[i].len[1] = lists[i].tail_view.len / 4;
         }
     }
-    if (take_buffer(lens_obj, &lens_v, 0, 4, "lens") < 0)
-        goto done;
-    have++;
-    if (take_buffer(need_obj, &need_v, 0, 4, "need") < 0)
-        goto done;
-    have++;
-    if (take_buffer(counts_obj, &counts_v, 1, 2, "counts") < 0)
-        goto done;
-    have++;
-    if (take_buffer(out_obj, &out_v, 1, 4, "out") < 0)
-        goto done;
-    have++;
-    if (take_buffer(ov_obj, &ov_v, 1, 4, "out_ov") < 0)
-        goto done;
-    have++;
-    if (take_buffer(runners_obj, &runners_v, 1, 4, "runners") < 0)
-        goto done;
-    have++;
-    if (lens_v.len / 4 < limit || counts_v.len / 2 < limit || out_v.len / 4 < limit || ov_v.len / 4 < limit) {
-        PyErr_SetString(PyExc_ValueError, "lens, counts, out and out_ov need at least limit entries");
-        goto done;
-    }
 
-    const int32_t *lens = (const int32_t *)lens_v.buf;
-    const int32_t *need = (const int32_t *)need_v.buf;
-    const Py_ssize_t n_need = need_v.len / 4;
-    uint16_t *counts = (uint16_t *)counts_v.buf;
-    int32_t *out = (int32_t *)out_v.buf;
-    int32_t *out_ov = (int32_t *)ov_v.buf;
-    int32_t *runners = (int32_t *)runners_v.buf;
-    const Py_ssize_t n_runners = runners_v.len / 4;
+    const int32_t *lens = (const int32_t *)views[LENS].buf;
+    const int32_t *need = (const int32_t *)views[NEED].buf;
+    uint16_t *counts = (uint16_t *)views[COUNTS].buf;
+    int32_t *out = (int32_t *)views[OUT].buf;
+    int32_t *out_ov = (int32_t *)views[OV].buf;
+    int32_t *runners = (int32_t *)views[RUNNERS].buf;
+    const Py_ssize_t n_runners = views[RUNNERS].len / 4;
     uint16_t runner_count[64];
     int32_t runner_len[64];
     int bad_length = 0;
@@ -269,24 +260,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         k = -1;
     }
 done:
-    if (have > 8)
-        PyBuffer_Release(&runners_v);
-    if (have > 7)
-        PyBuffer_Release(&ov_v);
-    if (have > 6)
-        PyBuffer_Release(&out_v);
-    if (have > 5)
-        PyBuffer_Release(&counts_v);
-    if (have > 4)
-        PyBuffer_Release(&need_v);
-    if (have > 3)
-        PyBuffer_Release(&lens_v);
-    if (have > 2)
-        PyBuffer_Release(&data_v);
-    if (have > 1)
-        PyBuffer_Release(&indptr_v);
-    if (have > 0)
-        PyBuffer_Release(&keys_v);
+    for (int v = 0; v < have; v++)
+        PyBuffer_Release(&views[v]);
     if (lists != NULL) {
         for (Py_ssize_t i = 0; i < n_lists; i++)
             if (lists[i].has_tail)

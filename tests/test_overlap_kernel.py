@@ -77,6 +77,8 @@ def test_bad_arguments_raise() -> None:
         _call([0], np.array([0, 9], dtype=np.int64), data, [None], 1, lens, need, 2)
     with pytest.raises(ValueError):  # a length outside the need table
         _call([0], indptr, data, [None], 1, np.full(4, 9, dtype=np.int32), need, 2)
+    with pytest.raises(ValueError):  # no need table at all
+        _call([0], indptr, data, [None], 1, lens, need[:0], 2)
     with pytest.raises(ValueError):  # scratch shorter than limit
         kernel.survivors(np.zeros(1, np.int64), indptr, data, [None], 1, lens, need, 3, np.zeros(1, np.uint16),
                          np.empty(3, np.int32), np.empty(3, np.int32), np.empty(0, np.int32))  # fmt: skip
