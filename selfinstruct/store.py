@@ -719,7 +719,6 @@ class RunStore:
         path = self.path(ACCEPTED_FILE)
         starts = array("q")
         highest = [-1, -1]  # task number, request number
-        stamps, models = self._stamps, self._models
 
         def keep(start: int, task: AcceptedTask) -> None:
             starts.append(start)
@@ -727,9 +726,7 @@ class RunStore:
                 highest[0] = int(m.group(1))
             if task.request > highest[1]:
                 highest[1] = task.request
-            if task.settings:
-                stamps.add(task.settings)
-            models.add(task.model)
+            self._note_stamp_and_model(task)
 
         with without_gc():
             moved = _scan_records(path, AcceptedTask.from_json, keep, repair=True, notices=self.notices)
@@ -895,22 +892,20 @@ class RunStore:
             raise StoreError("the store is not open")
         if self._write_failed is not None:
             raise StoreError(str(self._write_failed))  # the first failure is the one to tell
-        writes: list[tuple[str, list[Any], Callable[[], None]]] = []
-        lengths: list[int] = []  # of the accepted tasks' lines, set below before they are counted
+        # Each file's records, and how to count them once written (given their encoded lines).
+        writes: list[tuple[str, Sequence[Any], Callable[[list[bytes]], None]]] = []
         if request is not None:  # None: a decision that needed no request (a task given up on)
-            writes.append((REQUESTS_FILE, [request], lambda: self.counters.add_request(request)))
+            writes.append((REQUESTS_FILE, [request], lambda _: self.counters.add_request(request)))
         if rejected:
-            writes.append((REJECTED_FILE, list(rejected), lambda: self.counters.add_rejections(rejected)))
+            writes.append((REJECTED_FILE, rejected, lambda _: self.counters.add_rejections(rejected)))
         if accepted:
-            writes.append((ACCEPTED_FILE, list(accepted), lambda: self._count_accepted(accepted, lengths)))
+            writes.append((ACCEPTED_FILE, accepted, lambda lines: self._count_accepted(accepted, lines)))
         if tasks:
-            writes.append((TASKS_FILE, list(tasks), lambda: self.tasks.update((t.id, t) for t in tasks)))
+            writes.append((TASKS_FILE, tasks, lambda _: self.tasks.update((t.id, t) for t in tasks)))
         if judgments:
-            writes.append((JUDGMENTS_FILE, list(judgments), lambda: self.judgments.extend(judgments)))
+            writes.append((JUDGMENTS_FILE, judgments, lambda _: self.judgments.extend(judgments)))
         for name, records, count in writes:
             lines = [_dumps(r.to_json()) for r in records]
-            if name == ACCEPTED_FILE:
-                lengths = [len(line) for line in lines]
             data = memoryview(b"".join(lines))
             try:
                 fh = self._files.get(name) or self._files.setdefault(name, self.path(name).open("ab", buffering=0))
@@ -924,18 +919,21 @@ class RunStore:
                 raise self._write_failed from exc
             # Counted per file as soon as it is written, so memory matches the files even when
             # a later write of the same commit fails.
-            count()
+            count(lines)
             self._lines[name] = self._lines.get(name, 0) + len(records)
         self.counters.accepted = len(self.accepted)
         if self.on_commit is not None and (accepted or tasks):
             self.on_commit(accepted, tasks)
 
-    def _count_accepted(self, accepted: Sequence[AcceptedTask], lengths: list[int]) -> None:
-        self.accepted._append(lengths)
+    def _count_accepted(self, accepted: Sequence[AcceptedTask], lines: list[bytes]) -> None:
+        self.accepted._append([len(line) for line in lines])
         for task in accepted:
-            if task.settings:
-                self._stamps.add(task.settings)
-            self._models.add(task.model)
+            self._note_stamp_and_model(task)
+
+    def _note_stamp_and_model(self, task: AcceptedTask) -> None:
+        if task.settings:
+            self._stamps.add(task.settings)
+        self._models.add(task.model)
 
     def sync(self) -> None:
         """Push the files to stable storage (survives power loss, not only a crash)."""
