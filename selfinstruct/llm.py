@@ -421,6 +421,23 @@ class _AnswerTooLarge(Exception):
     pass
 
 
+def _refuse_declared_size(length: str) -> None:
+    """Refuse an answer whose Content-Length is over the cap, before reading its body."""
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if length.isascii() and length.isdigit() and int(length) > MAX_ANSWER_BYTES:
+        raise _AnswerTooLarge(f"answer body of {length} bytes (limit {MAX_ANSWER_BYTES})")
+
+
+async def _capped(chunks: Any, cap: int) -> Any:
+    """The byte chunks of an answer body, raising once more than ``cap`` bytes have come."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > cap:
+            raise _AnswerTooLarge(f"answer body larger than {cap} bytes")
+        yield chunk
+
+
 _capped_stream_class: Any = None
 
 
@@ -434,11 +451,7 @@ def _capped_stream(inner: Any, cap: int) -> Any:
                 self._inner, self._cap = inner, cap
 
             async def __aiter__(self) -> Any:
-                total = 0
-                async for chunk in self._inner:
-                    total += len(chunk)
-                    if total > self._cap:
-                        raise _AnswerTooLarge(f"answer body larger than {self._cap} bytes")
+                async for chunk in _capped(self._inner, self._cap):
                     yield chunk
 
             async def aclose(self) -> None:
@@ -450,9 +463,7 @@ def _capped_stream(inner: Any, cap: int) -> Any:
 
 async def _cap_answer_size(response: Any) -> None:
     """httpx response hook: refuse huge bodies before they are read into memory."""
-    length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_ANSWER_BYTES:
-        raise _AnswerTooLarge(f"answer body of {length} bytes (limit {MAX_ANSWER_BYTES})")
+    _refuse_declared_size(response.headers.get("content-length", ""))
     response.stream = _capped_stream(response.stream, MAX_ANSWER_BYTES)
 
 
@@ -598,16 +609,8 @@ class _Sender:
         try:
             response = await pool.handle_async_request(request)
             try:
-                length = _raw_header(response.headers, b"content-length")
-                if length.isdigit() and int(length) > MAX_ANSWER_BYTES:
-                    raise _AnswerTooLarge(f"answer body of {length.decode()} bytes (limit {MAX_ANSWER_BYTES})")
-                chunks = []
-                total = 0
-                async for chunk in response.stream:  # as httpx's transport reads it
-                    total += len(chunk)
-                    if total > MAX_ANSWER_BYTES:
-                        raise _AnswerTooLarge(f"answer body larger than {MAX_ANSWER_BYTES} bytes")
-                    chunks.append(chunk)
+                _refuse_declared_size(_raw_header(response.headers, b"content-length").decode("latin-1"))
+                chunks = [chunk async for chunk in _capped(response.stream, MAX_ANSWER_BYTES)]
             finally:
                 await response.aclose()  # the connection back to the pool, or closed
         except route.timeouts as exc:

@@ -472,6 +472,12 @@ def test_answer_size_cap_without_content_length(monkeypatch: pytest.MonkeyPatch)
     asyncio.run(main())
 
 
+def test_a_content_length_of_non_ascii_digits_is_left_to_the_streaming_cap() -> None:
+    llm._refuse_declared_size("\u00b2")  # "²" passes str.isdigit() but is no number
+    with pytest.raises(llm._AnswerTooLarge):
+        llm._refuse_declared_size(str(llm.MAX_ANSWER_BYTES + 1))
+
+
 ANSWER = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1}}
 
 
