@@ -188,8 +188,8 @@ def run_child(args: argparse.Namespace, kind: str, size: int, version: str, ref_
 
     # All candidates are drawn before the Judge is built so that the pool list can be freed.
     cands, judge_texts = stream(CAND_SEED), stream(CAND_SEED + 1)
-    judge_mod = importlib.import_module("selfinstruct.judge") if args.before else (
-        load_baseline_judge() if version == "before" else importlib.import_module("selfinstruct.judge"))
+    baseline = version == "before" and not args.before  # else the package first on sys.path
+    judge_mod = load_baseline_judge() if baseline else importlib.import_module("selfinstruct.judge")
     # Through the judging processes' questions (max_above, then nearest from its runner-up) unless
     # the version predates them (the default baseline: nearest() for every candidate).
     split = hasattr(judge_mod.Judge, "fill_nearest")
