@@ -16,6 +16,7 @@ import re
 import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import ConfigError
 from .records import Candidate
@@ -89,22 +90,41 @@ def count_words(text: str, word_tokenizer: str = "whitespace") -> int:
     return len(text.split())
 
 
-def _blacklist_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+class _Blacklist(NamedTuple):
+    pattern: re.Pattern[str] | None  # the rule: the words as whole words, in any case
+    # For an all-ASCII blacklist: the words anywhere, then as whole words, both for lowercased
+    # ASCII text. The first rules out most texts fast (a case-sensitive pattern of plain words
+    # can skip ahead); the second finds what ``pattern`` finds.
+    ascii: tuple[re.Pattern[str], re.Pattern[str]] | None
+
+
+def _compile_blacklist(words: Iterable[str]) -> _Blacklist:
     words = [w for w in words if w.strip()]
     if not words:
-        return None
-    alternatives = "|".join(re.escape(w.strip()) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+        return _Blacklist(None, None)
+    ordered = [w.strip() for w in sorted(words, key=len, reverse=True)]
+    pattern = re.compile(rf"\b(?:{'|'.join(map(re.escape, ordered))})\b", re.IGNORECASE)
+    if not all(w.isascii() for w in ordered):
+        return _Blacklist(pattern, None)
+    lowered = "|".join(re.escape(w.lower()) for w in ordered)
+    return _Blacklist(pattern, (re.compile(lowered), re.compile(rf"\b(?:{lowered})\b")))
 
 
-_pattern_cache: dict[tuple[str, ...], re.Pattern[str] | None] = {}
+_blacklist_cache: dict[tuple[str, ...], _Blacklist] = {}
 
 
 def _blacklisted_word(text: str, config: FilterConfig) -> str | None:
-    if config.blacklist not in _pattern_cache:
-        _pattern_cache[config.blacklist] = _blacklist_pattern(config.blacklist)
-    pattern = _pattern_cache[config.blacklist]
-    match = pattern.search(text) if pattern else None
+    blacklist = _blacklist_cache.get(config.blacklist)
+    if blacklist is None:
+        blacklist = _blacklist_cache[config.blacklist] = _compile_blacklist(config.blacklist)
+    if blacklist.ascii is not None and text.isascii():
+        # On ASCII text, ignoring case is comparing lowercased letters, and lowering keeps word
+        # boundaries and offsets: the same match, already lowercase.
+        anywhere, whole_words = blacklist.ascii
+        lowered = text.lower()
+        match = whole_words.search(lowered) if anywhere.search(lowered) else None
+        return match.group(0) if match else None
+    match = blacklist.pattern.search(text) if blacklist.pattern else None
     return match.group(0).lower() if match else None
 
 
@@ -154,6 +174,8 @@ _CHECKS: dict[str, Check] = {
     "empty_output": _empty_output,
 }
 FILTER_NAMES: tuple[str, ...] = tuple(_CHECKS)
+# The checks after the three that check_candidate's usual call runs inline.
+_LAST_CHECKS = tuple(_CHECKS.items())[3:]
 
 
 def check_candidate(
@@ -165,6 +187,22 @@ def check_candidate(
     when only the instruction is judged).
     """
     config = config or FilterConfig()
+    if not skip and not config.disabled and config.word_tokenizer == "whitespace":
+        # The judge's call: the checks of _CHECKS in the same order, inline, words counted once.
+        instruction = candidate.instruction
+        n = len(instruction.split())
+        if n < config.min_words:
+            return "too_short", f"{n} words"
+        if n > config.max_words:
+            return "too_long", f"{n} words"
+        word = _blacklisted_word(instruction, config)
+        if word is not None:
+            return "blacklisted_word", word
+        for name, check in _LAST_CHECKS:
+            detail = check(candidate, config)
+            if detail is not None:
+                return name, detail
+        return None
     for name, check in _CHECKS.items():
         if name in config.disabled or name in skip:
             continue

@@ -15,7 +15,8 @@ section that is open. Numbers alone never open a task, because models restart, s
 them; they only help judge header lines found inside an output (below). Text after a ``###``
 that is followed by an Input/Output header counts as an instruction even without an
 ``Instruction:`` header; text that never reaches an Input/Output header (a chatty preamble or
-closing remark) is ignored.
+closing remark) is ignored. An answer written exactly in the prompt's format (the usual case) is
+read by a shortcut that gives the same result.
 
 An output is never cut silently. A separator or header line inside an output ends it only if a
 task follows: after a separator, a ``Task N``/``Instruction:`` line, or instruction text that
@@ -76,6 +77,13 @@ _TASK = re.compile(
     re.IGNORECASE,
 )
 _SEPARATOR = re.compile(r"^\s*(?:#{3,}|-{3,}|\*{3,}|_{3,})\s*$")
+# What every line matched by _FIELD, _TASK or _SEPARATOR starts with after its leading spaces: a
+# cheap test that rules out most text lines before those three run.
+_MAYBE_STRUCTURAL = re.compile(
+    r"\s*(?:[-#+*_\u2022\d]|instruction|input|output|response|task|new)", re.IGNORECASE
+)
+# A header exactly as the prompt writes it: "4. Instruction: text", "4. Input:", "4. Output:".
+_PLAIN_HEADER = re.compile(r"([0-9]{1,4})\. (Instruction|Input|Output):(.*)")
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
 _LEADING_NUMBER = re.compile(r"^(\d{1,4})[.)][ \t]+")
 _EMPHASIS_RUN = re.compile(r"[*_]+")
@@ -163,6 +171,8 @@ def _task_header(line: str) -> _Header | None:
 
 
 def _is_structural(line: str) -> bool:
+    if not _MAYBE_STRUCTURAL.match(line):
+        return False
     return bool(_SEPARATOR.match(line) or _field_header(line) or _task_header(line))
 
 
@@ -202,7 +212,10 @@ class _Block:
 
 def _normalize(text: str, continuation: bool) -> list[str]:
     """Unify newlines; remove code fences wrapping the whole answer (not those inside outputs)."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff").split("\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    lines = text.split("\n")
+    if "```" not in text and "~~~" not in text:
+        return lines  # no fence line at all
     first_structural = next((i for i, ln in enumerate(lines) if _is_structural(ln)), len(lines))
     first_text = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
     drop: set[int] = set()
@@ -246,6 +259,8 @@ def _split_unlabelled(block: _Block, number: int) -> list[str]:
 
 
 def _header(line: str) -> _Header | None:
+    if not _MAYBE_STRUCTURAL.match(line):
+        return None
     return _field_header(line) or _task_header(line)
 
 
@@ -571,6 +586,86 @@ def _doubts(
     return doubts
 
 
+def _parse_plain(
+    lines: list[str], continuation_number: int | None, finish_reason: str | None
+) -> ParseResult | None:
+    """The result of an answer written exactly in the prompt's format, or None if it is not.
+
+    The format: blocks of "N. Instruction: text" (in a continuation, the first block's text line
+    alone), "N. Input:" and "N. Output:" lines, with N increasing, separated by single ``###``
+    lines, optionally one ``###`` before the first block and one at the end. No other line may be
+    a header or a separator. For such an answer every ``###`` splits for sure and the general
+    path finds exactly these tasks: none rejected, none malformed. Anything else returns None.
+    """
+    match = _PLAIN_HEADER.match
+    n = len(lines)
+    if not n:  # all lines were code fences
+        return None
+    i = 1 if continuation_number is None and n > 1 and lines[0] == "###" else 0
+    tasks: list[Candidate] = []
+    last: int | None = None  # the previous block's number
+    closed = False  # a "###" ends the answer: even a cut answer's last task is whole
+    while True:
+        if i == 0 and continuation_number is not None:
+            if _is_structural(lines[0]):
+                return None
+            number, instruction = continuation_number, lines[0].strip()
+        else:
+            m = match(lines[i])
+            if m is None or m[2] != "Instruction":
+                return None
+            number, instruction = int(m[1]), m[3].strip()
+        if not instruction or (last is not None and number <= last) or i + 1 >= n:
+            return None
+        m = match(lines[i + 1])
+        if m is None or m[2] != "Input" or int(m[1]) != number:
+            return None
+        rest = m[3].lstrip()
+        input_lines = [rest] if rest else []
+        i += 2
+        while True:
+            if i >= n:
+                return None
+            m = match(lines[i])
+            if m is not None and m[2] == "Output" and int(m[1]) == number:
+                break
+            if _is_structural(lines[i]):
+                return None
+            input_lines.append(lines[i])
+            i += 1
+        rest = m[3].lstrip()
+        output_lines = [rest] if rest else []
+        i += 1
+        while i < n and lines[i] != "###":
+            if _is_structural(lines[i]):
+                return None
+            output_lines.append(lines[i])
+            i += 1
+        raw_input = _join(input_lines)
+        tasks.append(
+            Candidate(
+                instruction=instruction,
+                input="" if _is_empty_input(raw_input) else raw_input,
+                output=_join(output_lines),
+                meta={"number": number},
+            )
+        )
+        last = number
+        if i >= n - 1 or (i == n - 2 and not lines[-1]):
+            closed = i < n
+            break
+        i += 1
+
+    result = ParseResult(tasks)
+    if finish_reason == "length" and not closed:
+        tasks.pop()
+        result.dropped_incomplete = 1
+    else:
+        final = tasks[-1]
+        tasks[-1] = Candidate(final.instruction, final.input, _strip_trailer(final.output), final.meta)
+    return result
+
+
 def parse_answer(
     text: str, *, continuation_number: int | None = None, finish_reason: str | None = None
 ) -> ParseResult:
@@ -584,6 +679,9 @@ def parse_answer(
     if not isinstance(text, str) or not text.strip():
         return ParseResult([], 0, 0)
     lines = _normalize(text, continuation_number is not None)
+    plain = _parse_plain(lines, continuation_number, finish_reason)
+    if plain is not None:
+        return plain
     blocks = _scan(lines, continuation_number)
 
     if finish_reason == "length" and blocks[-1].has_text():

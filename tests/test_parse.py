@@ -614,6 +614,54 @@ def test_rejected_field_defaults_to_empty() -> None:
     assert parse_answer(CANONICAL).rejected == []
 
 
+# --- the fast path for answers written exactly in the prompt's format ---------------------------
+
+_PLAIN = _block(1, "Name a fruit.", "Apple") + _block(2, "Name a color.", "Red\n\nHope this helps!")
+# (id, answer, continuation_number, finish_reason, whether the fast path takes it)
+FAST_PATH_CASES = [
+    ("canonical", CANONICAL, None, "stop", True),
+    ("no_separator_at_the_ends", _PLAIN.strip("#\n"), None, "stop", True),
+    ("cut_answer_drops_its_last_task", _PLAIN.rstrip("#\n"), None, "length", True),
+    ("cut_answer_ending_in_a_separator_keeps_it", _PLAIN + "###", None, "length", True),
+    ("continuation", " Name a fruit.\n4. Input:\n<noinput>\n4. Output:\nApple\n" + NEXT.replace("2.", "5."),
+     4, "stop", True),
+    # Each of these reads differently in the general path: the fast path must step aside.
+    ("numbers_stop_increasing", _PLAIN + _block(2, "Name a tree.", "Oak"), None, "stop", False),
+    ("rule_inside_an_output", _block(1, "Write a memo.", "Hi\n###\nBye") + NEXT, None, "stop", False),
+    ("header_inside_an_output", _block(1, "Show a form.", "Name:\n1. Output: x") + NEXT, None, "stop", False),
+    ("blank_line_after_a_separator", _PLAIN.replace("###\n2.", "###\n\n2."), None, "stop", False),
+    ("missing_instruction_text", _block(1, "", "Apple") + NEXT, None, "stop", False),
+    ("continuation_opening_with_a_header", _PLAIN, 1, "stop", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "continuation", "finish_reason", "fast"),
+    [case[1:] for case in FAST_PATH_CASES],
+    ids=[case[0] for case in FAST_PATH_CASES],
+)
+def test_prompt_format_fast_path_gives_the_general_result_or_steps_aside(
+    monkeypatch: pytest.MonkeyPatch, text: str, continuation: int | None, finish_reason: str, fast: bool
+) -> None:
+    lines = parse._normalize(text, continuation is not None)
+    assert (parse._parse_plain(lines, continuation, finish_reason) is not None) == fast
+    got = parse_answer(text, continuation_number=continuation, finish_reason=finish_reason)
+    monkeypatch.setattr(parse, "_parse_plain", lambda *args: None)
+    general = parse_answer(text, continuation_number=continuation, finish_reason=finish_reason)
+    assert got == general
+    assert [c.meta for c in got.candidates] == [c.meta for c in general.candidates]
+    assert got.candidates or got.rejected or got.dropped_incomplete
+
+
+def test_quick_structure_test_lets_every_header_and_separator_through() -> None:
+    # _MAYBE_STRUCTURAL only rules lines out: a header it missed would be read as text.
+    lines = ["  ### Task 3", "\u2022 Input: x", "\t**Output:**", "İnstruction: dotted", "new task 2.", "___",
+             "\u00a0---", "٣. Output:", "_Input_:", "## Response:", "+ Output:"]  # fmt: skip
+    for line in lines:
+        assert parse._is_structural(line), line
+        assert parse._MAYBE_STRUCTURAL.match(line), line
+
+
 # --- property: whatever lines an output holds, it comes back whole or its task is rejected -----
 
 # Lines the parser may take for structure, with numbers around the rendered ones (1..4).
@@ -736,3 +784,4 @@ def test_last_output_with_structure_lines_is_cut_only_where_the_answer_could_end
     tasks: list[Task],
 ) -> None:
     _check_outputs_whole_or_rejected(tasks, last_is_end=True)
+
