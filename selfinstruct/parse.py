@@ -305,15 +305,17 @@ def _closing(lines: list[str]) -> list[bool]:
     help") follow it. Computed from the end, so that many separators stay linear."""
     closing = [False] * len(lines)
     rest: list[str] = []  # the lines after i that are not separators, last first
+    written = 0  # the non-blank ones: blank lines make no remark longer
     for i in range(len(lines) - 1, -1, -1):
         remark = "\n".join(reversed(rest)).strip()
         closing[i] = not remark or bool(_TRAILER.match(remark))
         line = lines[i]
         if _SEPARATOR.match(line):
             continue
-        if _is_structural(line) or len(rest) >= 40:  # a remark is short and has no headers
+        if _is_structural(line) or written >= 40:  # a remark is short and has no headers
             break
         rest.append(line)
+        written += bool(line.strip())
     return closing
 
 
@@ -336,7 +338,9 @@ def _leave_output(
     if _SEPARATOR.match(line):
         if closing[i]:
             return True
-        j = next(k for k in range(i + 1, len(lines)) if lines[k].strip())
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].strip()), None)
+        if j is None:  # only blank lines follow: the end of the answer
+            return True
         header = _header(lines[j])
         if _SEPARATOR.match(lines[j]) or (header and header.kind in ("input", "output")):
             return False  # a rule inside the output, or a block with no instruction

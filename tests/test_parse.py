@@ -785,3 +785,13 @@ def test_last_output_with_structure_lines_is_cut_only_where_the_answer_could_end
 ) -> None:
     _check_outputs_whole_or_rejected(tasks, last_is_end=True)
 
+
+@pytest.mark.parametrize("after", ["", "I hope these tasks help!"])
+def test_a_separator_followed_by_many_blank_lines_closes_the_answer(after: str) -> None:
+    # Blank lines once counted toward the 40 lines a closing remark may take: past them the
+    # final "###" was not seen as closing, and looking for the next text line raised.
+    answer = "1. Instruction: Name a fruit.\n1. Input:\n<noinput>\n1. Output:\nApple\n###" + "\n" * 45 + after
+    for finish_reason in ("stop", "length"):
+        result = parse_answer(answer, finish_reason=finish_reason)
+        assert [(c.instruction, c.output) for c in result.candidates] == [("Name a fruit.", "Apple")]
+        assert not result.rejected
