@@ -133,7 +133,9 @@ Unicode tokenizer
 
 from __future__ import annotations
 
+import codecs
 import re
+import struct
 import sys
 import unicodedata
 from array import array
@@ -223,10 +225,18 @@ _EMPTY = np.empty(0, dtype=np.int32)
 _EMPTY_COMP = np.empty(0, dtype=np.int64)
 _EMPTY_TOP = np.empty(0, dtype=np.uint64)
 _ONES = np.ones(_COMMON_WORDS, dtype=np.int64)
+# Building one text's masks and prefix entries in Python (add()): each common key's bit, and
+# each prefix position's bits in an entry (positions past 255 share 255's).
+_BITS = [1 << b for b in range(_N_COMMON)]
+_WORD = (1 << 64) - 1
+_J_BITS = [j << 10 for j in range(256)]
 # Token codes as UTF-32 in native byte order: one str character per token (codes of keys are
 # below 2**31, and past the last code point only when the tuple path is on).
 _U4 = np.dtype("=u4")
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
+# The same from an array of 4-byte unsigned ints (one text in add(): cheaper than numpy).
+_U4_ARRAY = "I" if array("I").itemsize == 4 else "L"
+_decode_utf32 = codecs.utf_32_le_decode if sys.byteorder == "little" else codecs.utf_32_be_decode
 
 _ROUGE_WORD = re.compile(r"[a-z0-9]+")
 
@@ -346,10 +356,11 @@ class _Vec:
             self.a = new
 
     def append(self, x: int) -> None:
-        if self.n == len(self.a):
-            self.reserve(self.n + 1)
-        self.a[self.n] = x
-        self.n += 1
+        n = self.n
+        if n == len(self.a):
+            self.reserve(n + 1)
+        self.a[n] = x
+        self.n = n + 1
 
     def extend(self, xs: np.ndarray | list[int]) -> None:
         end = self.n + len(xs)
@@ -405,13 +416,17 @@ class _Postings:
             return base
         return np.concatenate((base, np.frombuffer(t, dtype=np.int32)))  # copies: no export kept
 
-    def append(self, key: int, doc: int) -> None:
-        t = self.tail.get(key)
-        if t is None:
-            self.tail[key] = array("i", (doc,))
-        else:
-            t.append(doc)
-        self.tail_n += 1
+    def append(self, keys: list[int], doc: int) -> None:
+        """Add text ``doc`` (above every id so far) to the tails of its distinct ``keys``."""
+        tail = self.tail
+        one = struct.pack("i", doc)  # frombytes: cheaper than append's argument parsing
+        for key in keys:
+            t = tail.get(key)
+            if t is None:
+                tail[key] = array("i", one)
+            else:
+                t.frombytes(one)
+        self.tail_n += len(keys)
 
     def wants_merge(self) -> bool:
         return self.tail_n > max(_TAIL_MIN, len(self.data) >> 8)
@@ -465,9 +480,11 @@ class _PrefixIndex:
 
     def add(self, comps: list[int], top: int, doc: int) -> None:
         sc, st, sd = self.small
-        sc.extend(comps)
-        st.extend([top] * len(comps))
-        sd.extend([doc] * len(comps))
+        n = len(comps)
+        # Through struct: array.extend parses each item as a function argument (3x slower).
+        sc.frombytes(struct.pack(f"{n}q", *comps))
+        st.frombytes(struct.pack("Q", top) * n)
+        sd.frombytes(struct.pack("i", doc) * n)
         if len(sc) < _SMALL_RUN:
             return
         comp, top_a, doc_a = np.array(sc, np.int64), np.array(st, np.uint64), np.array(sd, np.int32)
@@ -643,6 +660,11 @@ class RougeLIndex:
         self._more: dict[tuple[int, int], int] = {}  # (token id, k >= 2) -> key
         self._n_keys = 0
         self._key_code = _Vec(np.int64)  # key -> code point of its token
+        self._code_list: list[int] = []  # the same as Python ints, caught up by _seq_of (add())
+        # Per key for add(), from _ord and the common range: see _order_lists.
+        self._placed: list[int] = []
+        self._key_bits: list[int] = []
+        self._placed_stamp: tuple[int, int, int] | None = None
         self._df = _Vec(np.int32)  # key -> texts holding it (= full postings length)
         self._ord = _Vec(np.int64)  # key -> place in the global order (lower = rarer)
         self._big = False  # some code is past the last code point: LCS on tuples of ints
@@ -708,18 +730,18 @@ class RougeLIndex:
         if len(set(tids)) == len(tids):
             return tids
         more = self._more
-        seen: dict[int, int] = {}
-        keys: list[int] = []
-        for tid in tids:
-            k = seen.get(tid, 0) + 1
-            seen[tid] = k
-            if k == 1:
-                keys.append(tid)
+        seen: set[int] = set()
+        counts: dict[int, int] = {}  # occurrences so far of the tokens seen more than once
+        keys = tids  # a fresh list: a repeated token's place gets its occurrence key
+        for j, tid in enumerate(tids):
+            if tid not in seen:
+                seen.add(tid)
                 continue
+            k = counts[tid] = counts.get(tid, 1) + 1
             key = more.get((tid, k))
             if key is None:
                 key = more[(tid, k)] = self._new_key(int(self._key_code.a[tid]))
-            keys.append(key)
+            keys[j] = key
         return keys
 
     def _store(self, texts: list[str], key_lists: list[list[int]]) -> None:
@@ -744,19 +766,22 @@ class RougeLIndex:
             if self._pre is not None:
                 self._alpha = self._alpha_table(self._pre_t)
 
-    def _store_one(self, text: str, keys: list[int], ka: np.ndarray) -> None:
+    def _store_one(self, text: str, keys: list[int]) -> None:
         """_store for one text, without the batch machinery (add() is on the judge's path)."""
-        blob = text.encode("utf-8", "surrogatepass")
-        n, m = self._n, len(keys)
-        self._buf += blob
-        self._text_off.append(int(self._text_off.a[n]) + len(blob))
-        self._tok_off.append(int(self._tok_off.a[n]) + m)
+        m = len(keys)
+        buf = self._buf
+        buf += text.encode("utf-8", "surrogatepass")
+        # The texts and the keys are back to back: the offsets are the lengths so far.
+        self._text_off.append(len(buf))
+        flat = self._keys
+        self._tok_off.append(flat.n + m)
         self._lens.append(m)
-        self._seqs.append(self._seqs_of(ka, [m])[0])
+        self._seqs.append(self._seq_of(keys))
         if m:
-            self._keys.extend(ka)
+            ka = np.array(keys, dtype=np.int64)
+            flat.extend(ka)
             self._df.a[ka] += 1  # a text's keys are distinct
-        self._n = n + 1
+        self._n += 1
         if m > self._max_len:
             self._max_len = m
             self._need_cache.clear()
@@ -775,46 +800,81 @@ class RougeLIndex:
         s = codes.astype(_U4).tobytes().decode(_UTF32)
         return [s[a:b] for a, b in zip(starts, ends, strict=True)]
 
-    def _index(self, doc: int, keys: list[int], ka: np.ndarray | None = None) -> None:
+    def _seq_of(self, keys: list[int]) -> str | tuple[int, ...]:
+        """``_seqs_of`` for one text, from Python ints (numpy costs more than the work for ~20 keys)."""
+        codes = self._code_list
+        if len(codes) < self._n_keys:  # the keys made since the last call (codes never change)
+            codes.extend(self._key_code.a[len(codes) : self._n_keys].tolist())
+        cs = [codes[k] for k in keys]
+        if self._big and cs and max(cs) > sys.maxunicode:
+            return tuple(cs)
+        return _decode_utf32(array(_U4_ARRAY, cs))[0]  # no code is a surrogate
+
+    def _index(self, doc: int, keys: list[int]) -> None:
         """Add one stored text to the postings (tails) and, once built, the decision index."""
-        full = self._full
-        for k in keys:
-            full.append(k, doc)
-        if self._pre is None:
+        self._full.append(keys, doc)
+        pre = self._pre
+        if pre is None:
             return
-        if doc >= len(self._cm):
-            grow = np.zeros((len(self._cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
-            self._cm = np.concatenate((self._cm, grow))
+        cm = self._cm
+        if doc >= len(cm):
+            grow = np.zeros((len(cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
+            self._cm = cm = np.concatenate((cm, grow))
         m = len(keys)
         if not m:
             self._ncommon.append(0)
             return
-        if ka is None:
-            ka = np.array(keys, dtype=np.int64)
-        ords = self._ord.a[ka]
-        order = np.argsort(ords)
-        self._cm[doc], n_common, top, rest = self._masks(ords[order])
+        placed, bits = self._placed, self._key_bits
+        if len(placed) < self._n_keys or self._placed_stamp != (self._snap_n, self._c0, self._c64):
+            placed, bits = self._order_lists()
+        packed = sorted(map(placed.__getitem__, keys))  # rarest first
+        cm[doc], n_common, top, rest = self._split_mask(sum(map(bits.__getitem__, keys)), self._c64 - self._c0)
         self._ncommon.append(n_common)
         plen = m - int(self._alpha[m]) + 1
         if plen > 0:
             low = (min(m, _M_CAP) << 18) | min(rest, 1023)
-            comps = (ka[order[:plen]] << 28) | (np.minimum(np.arange(plen), 255) << 10) | low
-            self._pre.add(comps.tolist(), top, doc)
+            js = _J_BITS if plen <= 256 else _J_BITS + [255 << 10] * (plen - 256)
+            pre.add([((p & 0xFFFFFFFF) << 28) | j | low for p, j in zip(packed[:plen], js)], top, doc)
+
+    def _order_lists(self) -> tuple[list[int], list[int]]:
+        """Per key, as Python ints for add(): ``place << 32 | key`` (places are distinct, negative
+        for keys made since the snapshot, and keys are below 2**31: sorting these ints sorts the
+        keys rarest first) and its bit in the common-key mask (0 when not common).
+
+        Places change only when _build_prefix snapshots the order, and a snapshot is a function
+        of the pool, so of its size: the lists are rebuilt when ``_snap_n`` (or the common range)
+        has changed, and extended with the keys made since they were last read.
+        """
+        placed, bits = self._placed, self._key_bits
+        stamp = (self._snap_n, self._c0, self._c64)
+        start = len(placed) if stamp == self._placed_stamp else 0
+        nk = self._n_keys
+        if start < nk:
+            ords = self._ord.a[start:nk]
+            new_placed = ((ords << 32) | np.arange(start, nk, dtype=np.int64)).tolist()
+            new_bits = [_BITS[b] if b >= 0 else 0 for b in (ords - self._c0).tolist()]
+            if start:
+                placed += new_placed
+                bits += new_bits
+            else:
+                self._placed, self._key_bits, self._placed_stamp = new_placed, new_bits, stamp
+                return new_placed, new_bits
+        return placed, bits
 
     def _after_growth(self) -> None:
-        if self._full.wants_merge():
-            self._full.merge(self._n_keys)
-        due = max(_SNAPSHOT_MIN, _RESNAPSHOT * self._snap_n)
-        if self._pre is not None and due <= self._n <= _SNAPSHOT_MAX:
+        full = self._full
+        if full.tail_n > _TAIL_MIN and full.wants_merge():  # the first test: no call per add
+            full.merge(self._n_keys)
+        n = self._n
+        if self._pre is not None and max(_SNAPSHOT_MIN, _RESNAPSHOT * self._snap_n) <= n <= _SNAPSHOT_MAX:
             self._build_prefix(self._pre_t)
 
     def add(self, text: str) -> int:
         """Add ``text`` to the pool and return its id (0, 1, 2 ... in insertion order)."""
         keys = self._keys_for(self._tokenize(text))
         doc = self._n
-        ka = np.array(keys, dtype=np.int64)
-        self._store_one(text, keys, ka)
-        self._index(doc, keys, ka)
+        self._store_one(text, keys)
+        self._index(doc, keys)
         self._after_growth()
         return doc
 
@@ -935,17 +995,20 @@ class RougeLIndex:
         """Masks of keys given by their ascending places in the order: the common-key bitmask
         (words), the number of common keys, the bitmask of the 64 most frequent (an int) and
         the number of common keys outside those."""
-        c0, c64 = self._c0, self._c64
-        common = sorted_ords[np.searchsorted(sorted_ords, c0) :].tolist()
-        words = [0] * _COMMON_WORDS
-        top = n_top = 0
-        for o in common:  # word by word: small ints are cheaper than one 256-bit int
-            b = o - c0
-            words[b >> 6] |= 1 << (b & 63)
-            if o >= c64:
-                top |= 1 << (o - c64)
-                n_top += 1
-        return np.array(words, dtype=np.uint64), len(common), top, len(common) - n_top
+        c0 = self._c0
+        bits = (sorted_ords[np.searchsorted(sorted_ords, c0) :] - c0).tolist()
+        words, n_common, top, rest = self._split_mask(sum(map(_BITS.__getitem__, bits)), self._c64 - c0)
+        return np.array(words, dtype=np.uint64), n_common, top, rest
+
+    @staticmethod
+    def _split_mask(mask: int, top_bit: int) -> tuple[list[int], int, int, int]:
+        """A text's common-key mask as one int (bit: place - _c0): its words, how many common
+        keys, the mask of those among the 64 most frequent (bits >= top_bit, shifted down) and
+        how many are not among those."""
+        top = mask >> top_bit
+        n_common = mask.bit_count()
+        words = [(mask >> s) & _WORD for s in range(0, 64 * _COMMON_WORDS, 64)]
+        return words, n_common, top, n_common - top.bit_count()
 
     # -- querying helpers -----------------------------------------------------------------
 

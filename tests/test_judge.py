@@ -163,3 +163,16 @@ def test_exact_copies_are_caught_whatever_their_hashes(monkeypatch: pytest.Monke
         assert decision.nearest_id == nearest_id
     fresh = judge.decide(Candidate(instruction="Describe a quiet forest after the rain.", input="", output="A story."))
     assert isinstance(fresh, Accept) and fresh.id == "task-000002"
+
+
+def test_task_ids_give_back_every_id_and_keep_canonical_ones_as_numbers() -> None:
+    from selfinstruct.judge import _TaskIds
+
+    canonical = ["task-000000", "task-000123", "task-999999", "task-1000000", "task-12345678"]
+    others = ["task-00123", "task-0001234", "task-0000000", "task-", "task-12a456", "task--00001", "task-+00001",
+              "task-١٢٣٤٥٦", "task-１２３４５６", "task-²³⁴⁵⁶⁷", "task-123456 ", " task-123456", "Task-000001",
+              "task-1_000_000", "seed-a", ""]  # fmt: skip
+    ids = _TaskIds()
+    ids.extend(canonical + others)
+    assert [ids[i] for i in range(len(ids))] == canonical + others
+    assert list(ids._numbers) == [0, 123, 999999, 1000000, 12345678] + [-1] * len(others)
