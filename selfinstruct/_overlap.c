@@ -1,9 +1,11 @@
 /* Optional native kernel of the near-duplicate search (selfinstruct/similarity.py).
  *
- * One function, survivors(): from the postings of a query's keys, the texts whose multiset
- * token overlap with the query can still reach a bar, and that overlap exactly. similarity.py
- * verifies the survivors with rapidfuzz's LCS, as it does its own candidates; without this
- * module (no compiler at install time) it computes the same set with numpy, more slowly.
+ * Three functions. survivors(): from the postings of a query's keys, the texts whose multiset
+ * token overlap with the query can still reach a bar, and that overlap exactly. prefix_hits():
+ * the decision index's entries that a query's probe reads and the first bound keeps; second_bound():
+ * the texts of those entries that a tighter bound keeps. similarity.py
+ * verifies what they return with rapidfuzz's LCS, as it does its own candidates; without this
+ * module (no compiler at install time) it computes the same with numpy, more slowly.
  * The loops run without the GIL.
  */
 #define PY_SSIZE_T_CLEAN
@@ -274,10 +276,466 @@ done:
     return Py_BuildValue("nn", k, r);
 }
 
+/* First index in a[lo:n] (ascending) holding a value >= x (upper = 0) or > x (upper = 1), galloping
+ * from lo: the ranges are searched in ascending order, so each search starts where the last ended. */
+static Py_ssize_t gallop(const int64_t *a, Py_ssize_t lo, Py_ssize_t n, int64_t x, int upper)
+{
+#define BEFORE(v) (upper ? (v) <= x : (v) < x)
+    if (lo >= n || !BEFORE(a[lo]))
+        return lo;
+    Py_ssize_t step = 1, hi = lo + 1; /* invariant: a[lo] is before x */
+    while (hi < n && BEFORE(a[hi])) {
+        lo = hi;
+        step <<= 1;
+        hi = lo + step;
+    }
+    if (hi > n)
+        hi = n;
+    /* a[lo] before x; a[hi] (if hi < n) not: binary search in (lo, hi] */
+    Py_ssize_t len = hi - lo - 1;
+    lo += 1;
+    while (len > 0) {
+        Py_ssize_t half = len >> 1;
+        if (BEFORE(a[lo + half])) {
+            lo += half + 1;
+            len -= half + 1;
+        } else {
+            len = half;
+        }
+    }
+    return lo;
+#undef BEFORE
+}
+
+/* The first bound of a prefix-index entry (see RougeLIndex._probe): whether the text whose first
+ * shared prefix key this entry is can still share need[m] keys with the query. */
+typedef struct {
+    int64_t n_keys, n_rare, q_rest, limit, n_need, n_lens;
+    uint64_t qtop;
+    const int64_t *need;
+    const int32_t *lens;
+    int capped, bad;
+} Bound;
+
+static inline __attribute__((always_inline)) int first_bound(Bound *b, int64_t comp, uint64_t top, int32_t doc, int64_t qb, int64_t *qi_out, int64_t *j_out)
+{
+    if (doc < 0 || doc >= b->limit)
+        return 0;
+    int64_t rest = comp & 1023, j = (comp >> 10) & 255, m;
+    if (b->capped) {
+        if (doc >= b->n_lens) {
+            b->bad = 1;
+            return 0;
+        }
+        m = b->lens[doc];
+    } else {
+        m = (comp >> 18) & 1023;
+    }
+    if (m < 0 || m >= b->n_need) {
+        b->bad = 1;
+        return 0;
+    }
+    int64_t qi = b->n_keys - qb, rare = 0;
+    if (qi < b->n_rare) {
+        int64_t a = b->n_rare - qi, c = m - rest - __builtin_popcountll(top) - j;
+        rare = a < c ? a : c;
+    }
+    int64_t need = b->need[m];
+    int64_t bound = __builtin_popcountll(top & b->qtop) + (rest < b->q_rest ? rest : b->q_rest) + rare;
+    if (bound < need)
+        return 0;
+    if (b->capped && (m - j < qb ? m - j : qb) < need)
+        return 0;
+    *qi_out = qi;
+    *j_out = j;
+    return 1;
+}
+
+/* Everything prefix_hits() reads and writes once its buffers are taken. */
+typedef struct {
+    Bound b;
+    Py_ssize_t n_runs; /* sorted runs; the unsorted one follows at index n_runs */
+    const int64_t **comps;
+    const uint64_t **tops;
+    const int32_t **docs;
+    const Py_ssize_t *sizes;
+    Py_ssize_t n_ranges;
+    const int64_t *lows, *highs, *tags;
+    Py_ssize_t *bounds; /* scratch: 2 per (run, range) */
+    Py_ssize_t capacity;
+    int32_t *out_doc;
+    int64_t *out_qi, *out_j;
+} Scan;
+
+static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
+{
+    const Py_ssize_t n_runs = s->n_runs, n_ranges = s->n_ranges;
+    const int64_t *lows = s->lows, *highs = s->highs, *tags = s->tags;
+    Py_ssize_t *bounds = s->bounds, total = 0, k = 0;
+    for (Py_ssize_t r = 0; r < n_runs; r++) {
+        Py_ssize_t at = 0;
+        for (Py_ssize_t i = 0; i < n_ranges; i++) {
+            Py_ssize_t a = gallop(s->comps[r], at, s->sizes[r], lows[i], 0);
+            Py_ssize_t e = gallop(s->comps[r], a, s->sizes[r], highs[i], 1);
+            bounds[2 * (r * n_ranges + i)] = a;
+            bounds[2 * (r * n_ranges + i) + 1] = e;
+            total += e - a;
+            at = e;
+        }
+    }
+    total += s->sizes[n_runs];
+    if (total > s->capacity)
+        return -total - 1;
+    for (Py_ssize_t r = 0; r < n_runs; r++) {
+        const int64_t *comp = s->comps[r];
+        const uint64_t *top = s->tops[r];
+        const int32_t *doc = s->docs[r];
+        for (Py_ssize_t i = 0; i < n_ranges; i++)
+            for (Py_ssize_t x = bounds[2 * (r * n_ranges + i)], e = bounds[2 * (r * n_ranges + i) + 1]; x < e; x++)
+                if (first_bound(&s->b, comp[x], top[x], doc[x], tags[i], &s->out_qi[k], &s->out_j[k]))
+                    s->out_doc[k++] = doc[x];
+    }
+    const int64_t *sc = s->comps[n_runs];
+    for (Py_ssize_t x = 0; x < s->sizes[n_runs]; x++) {
+        /* the last range starting at or before the entry */
+        Py_ssize_t lo = 0, len = n_ranges;
+        while (len > 0) {
+            Py_ssize_t half = len >> 1;
+            if (lows[lo + half] <= sc[x]) {
+                lo += half + 1;
+                len -= half + 1;
+            } else {
+                len = half;
+            }
+        }
+        Py_ssize_t i = lo - 1;
+        if (i >= 0 && sc[x] <= highs[i] &&
+            first_bound(&s->b, sc[x], s->tops[n_runs][x], s->docs[n_runs][x], tags[i], &s->out_qi[k], &s->out_j[k]))
+            s->out_doc[k++] = s->docs[n_runs][x];
+    }
+    return k;
+}
+
+/* The bound counts bits of every entry: with the popcnt instruction where the CPU has it (the
+ * portable build would otherwise call a library routine per count, a sixth of the time). */
+static Py_ssize_t scan_plain(Scan *s) { return scan_hits(s); }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("popcnt"))) static Py_ssize_t scan_popcnt(Scan *s) { return scan_hits(s); }
+static Py_ssize_t run_scan(Scan *s) { return __builtin_cpu_supports("popcnt") ? scan_popcnt(s) : scan_plain(s); }
+#else
+static Py_ssize_t run_scan(Scan *s) { return scan_plain(s); }
+#endif
+
+/* prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit,
+ *             out_doc, out_qi, out_j) -> k
+ *
+ * The lookup and first bound of RougeLIndex._probe in one pass. runs: (comp int64, top uint64,
+ * doc int32) triples, each sorted by comp; small: one more triple, unsorted. lows, highs (int64)
+ * are sorted, disjoint ranges of comp, tags (int64) the query's K - i of each. For every entry in
+ * a range, in run order, range order and then entry order (the small run last, in its own order),
+ * the entry is kept when its text is below limit and its first bound reaches need[m] (int64 per
+ * length; m from the entry, or from lens when capped). out_doc (int32), out_qi and out_j (int64)
+ * receive the kept entries' text, query position and text position. Returns k, the number kept,
+ * or -(entries in the ranges) - 1 when the out arrays are shorter than that: nothing is written,
+ * call again with longer ones.
+ */
+static PyObject *prefix_hits(PyObject *self, PyObject *args)
+{
+    PyObject *runs_obj, *small_obj, *lows_obj, *highs_obj, *tags_obj, *need_obj, *lens_obj, *doc_obj, *qi_obj, *j_obj;
+    long long n_keys, n_rare, q_rest, limit;
+    unsigned long long qtop;
+    int capped;
+    if (!PyArg_ParseTuple(args, "OOOOOLLKLOOpLOOO", &runs_obj, &small_obj, &lows_obj, &highs_obj, &tags_obj, &n_keys,
+                          &n_rare, &qtop, &q_rest, &need_obj, &lens_obj, &capped, &limit, &doc_obj, &qi_obj, &j_obj))
+        return NULL;
+    PyObject *runs = PySequence_Fast(runs_obj, "runs must be a sequence");
+    if (runs == NULL)
+        return NULL;
+    Py_ssize_t n_runs = PySequence_Fast_GET_SIZE(runs);
+    if (n_runs > 8) {
+        PyErr_SetString(PyExc_ValueError, "at most 8 sorted runs");
+        Py_DECREF(runs);
+        return NULL;
+    }
+    enum { LOWS, HIGHS, TAGS, NEED, LENS, DOC, QI, J, N_FIXED };
+    enum { MAX_VIEWS = N_FIXED + 3 * 9 };
+    Py_buffer views[MAX_VIEWS];
+    int have = 0;
+    Py_ssize_t k = -1;
+    Py_ssize_t *bounds = NULL;
+    const struct {
+        PyObject *obj;
+        int writable;
+        Py_ssize_t itemsize;
+        const char *name;
+    } fixed[N_FIXED] = {
+        {lows_obj, 0, 8, "lows"}, {highs_obj, 0, 8, "highs"}, {tags_obj, 0, 8, "tags"},   {need_obj, 0, 8, "need"},
+        {lens_obj, 0, 4, "lens"}, {doc_obj, 1, 4, "out_doc"}, {qi_obj, 1, 8, "out_qi"}, {j_obj, 1, 8, "out_j"},
+    };
+    for (; have < N_FIXED; have++)
+        if (take_buffer(fixed[have].obj, &views[have], fixed[have].writable, fixed[have].itemsize, fixed[have].name) < 0)
+            goto done;
+    /* the sorted runs, then the small one: comp, top, doc each */
+    const int64_t *comps[9];
+    const uint64_t *tops[9];
+    const int32_t *docs[9];
+    Py_ssize_t sizes[9];
+    for (Py_ssize_t r = 0; r <= n_runs; r++) {
+        PyObject *triple = r < n_runs ? PySequence_Fast_GET_ITEM(runs, r) : small_obj;
+        PyObject *parts[3];
+        if (!PyTuple_Check(triple) || PyTuple_GET_SIZE(triple) != 3) {
+            PyErr_SetString(PyExc_TypeError, "each run must be a (comp, top, doc) tuple");
+            goto done;
+        }
+        for (int p = 0; p < 3; p++)
+            parts[p] = PyTuple_GET_ITEM(triple, p);
+        if (take_buffer(parts[0], &views[have], 0, 8, "comp") < 0)
+            goto done;
+        comps[r] = (const int64_t *)views[have].buf;
+        sizes[r] = views[have++].len / 8;
+        if (take_buffer(parts[1], &views[have], 0, 8, "top") < 0)
+            goto done;
+        tops[r] = (const uint64_t *)views[have].buf;
+        Py_ssize_t n_top = views[have++].len / 8;
+        if (take_buffer(parts[2], &views[have], 0, 4, "doc") < 0)
+            goto done;
+        docs[r] = (const int32_t *)views[have].buf;
+        Py_ssize_t n_doc = views[have++].len / 4;
+        if (n_top != sizes[r] || n_doc != sizes[r]) {
+            PyErr_SetString(PyExc_ValueError, "a run's comp, top and doc differ in length");
+            goto done;
+        }
+    }
+    const Py_ssize_t n_ranges = views[LOWS].len / 8;
+    if (views[HIGHS].len / 8 != n_ranges || views[TAGS].len / 8 != n_ranges || views[NEED].len < 8) {
+        PyErr_SetString(PyExc_ValueError, "lows, highs and tags must have one entry per range, need at least one");
+        goto done;
+    }
+    const int64_t *lows = (const int64_t *)views[LOWS].buf, *highs = (const int64_t *)views[HIGHS].buf;
+    const int64_t *tags = (const int64_t *)views[TAGS].buf;
+    for (Py_ssize_t i = 0; i < n_ranges; i++)
+        if (highs[i] < lows[i] || (i && lows[i] <= highs[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "the ranges must be sorted and disjoint");
+            goto done;
+        }
+    bounds = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)(n_ranges * n_runs + 1));
+    if (bounds == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t capacity = views[DOC].len / 4;
+    if (views[QI].len / 8 < capacity)
+        capacity = views[QI].len / 8;
+    if (views[J].len / 8 < capacity)
+        capacity = views[J].len / 8;
+    Scan scan = {{n_keys, n_rare, q_rest, limit, views[NEED].len / 8, views[LENS].len / 4, qtop,
+                  (const int64_t *)views[NEED].buf, (const int32_t *)views[LENS].buf, capped, 0},
+                 n_runs, comps, tops, docs, sizes, n_ranges, lows, highs, tags, bounds, capacity,
+                 (int32_t *)views[DOC].buf, (int64_t *)views[QI].buf, (int64_t *)views[J].buf};
+    Py_BEGIN_ALLOW_THREADS
+    k = run_scan(&scan);
+    Py_END_ALLOW_THREADS
+    Bound b = scan.b;
+
+    if (b.bad) {
+        PyErr_SetString(PyExc_ValueError, "a text length is outside the need table, or a text outside lens");
+        k = -1;
+        goto done;
+    }
+    PyMem_Free(bounds);
+    bounds = NULL;
+    for (int v = 0; v < have; v++)
+        PyBuffer_Release(&views[v]);
+    Py_DECREF(runs);
+    return PyLong_FromSsize_t(k);
+done:
+    PyMem_Free(bounds);
+    for (int v = 0; v < have; v++)
+        PyBuffer_Release(&views[v]);
+    Py_DECREF(runs);
+    return NULL;
+}
+
+static int compare_int64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+#define COMMON_WORDS 4
+
+typedef struct {
+    Py_ssize_t n_hits, n_texts, n_need, n_runners;
+    int64_t n_rare, n;
+    const int32_t *doc, *lens;
+    const int64_t *qi, *j, *need;
+    const int16_t *ncommon;
+    const uint64_t *cm, *qm;
+    int64_t *packed;
+    int32_t *out_cand, *runners;
+    int64_t *out_ov, *out_m;
+    Py_ssize_t r;
+    int bad;
+} Second;
+
+static inline __attribute__((always_inline)) Py_ssize_t second_pass(Second *s)
+{
+    const Py_ssize_t n_hits = s->n_hits;
+    for (Py_ssize_t x = 0; x < n_hits; x++) {
+        int32_t d = s->doc[x];
+        int64_t qi = s->qi[x] < 0xFFFFF ? s->qi[x] : 0xFFFFF;
+        if (d < 0 || d >= s->n_texts || qi < 0 || s->j[x] < 0 || s->j[x] > 255) {
+            s->bad = 1;
+            return 0;
+        }
+        s->packed[x] = ((int64_t)d << 28) | (qi << 8) | s->j[x];
+    }
+    qsort(s->packed, (size_t)n_hits, sizeof(int64_t), compare_int64);
+    double runner_key[64];
+    Py_ssize_t k = 0, r = 0;
+    for (Py_ssize_t a = 0; a < n_hits;) {
+        int64_t d = s->packed[a] >> 28;
+        Py_ssize_t e = a, h_rare = 0;
+        while (e < n_hits && (s->packed[e] >> 28) == d) {
+            h_rare += ((s->packed[e] >> 8) & 0xFFFFF) < s->n_rare;
+            e++;
+        }
+        int64_t last = s->packed[a + (h_rare > 1 ? h_rare - 1 : 0)];
+        int64_t m = s->lens[d];
+        if (m < 0 || m >= s->n_need) {
+            s->bad = 1;
+            return 0;
+        }
+        int64_t after_q = s->n_rare - 1 - ((last >> 8) & 0xFFFFF), after_t = m - s->ncommon[d] - 1 - (last & 255);
+        int64_t after = after_q < after_t ? after_q : after_t;
+        int64_t shared_common = 0;
+        for (int w = 0; w < COMMON_WORDS; w++)
+            shared_common += __builtin_popcountll(s->cm[(Py_ssize_t)d * COMMON_WORDS + w] & s->qm[w]);
+        int64_t ov = shared_common + h_rare + (h_rare > 0 && after > 0 ? after : 0);
+        if (ov >= s->need[m]) {
+            s->out_cand[k] = (int32_t)d;
+            s->out_ov[k] = ov;
+            s->out_m[k++] = m;
+        } else {
+            /* the best bounds among the dropped, earlier first among equals */
+            double key = (double)ov / (double)(m + s->n);
+            Py_ssize_t at = r;
+            while (at > 0 && runner_key[at - 1] < key)
+                at--;
+            if (at < s->n_runners) {
+                Py_ssize_t last_slot = r < s->n_runners ? r : r - 1;
+                for (Py_ssize_t x = last_slot; x > at; x--) {
+                    s->runners[x] = s->runners[x - 1];
+                    runner_key[x] = runner_key[x - 1];
+                }
+                s->runners[at] = (int32_t)d;
+                runner_key[at] = key;
+                if (last_slot == r)
+                    r++;
+            }
+        }
+        a = e;
+    }
+    s->r = r;
+    return k;
+}
+
+static Py_ssize_t second_plain(Second *s) { return second_pass(s); }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("popcnt"))) static Py_ssize_t second_popcnt(Second *s) { return second_pass(s); }
+static Py_ssize_t run_second(Second *s) { return __builtin_cpu_supports("popcnt") ? second_popcnt(s) : second_plain(s); }
+#else
+static Py_ssize_t run_second(Second *s) { return second_plain(s); }
+#endif
+
+/* second_bound(doc, qi, j, n_rare, n, lens, ncommon, cm, qm, need, out_cand, out_ov, out_m, runners) -> (k, r)
+ *
+ * The second bound of RougeLIndex._probe, per text from the hits prefix_hits() kept (doc int32,
+ * qi and j int64: the hit's query and text positions). Per text (ascending ids): with h_rare its
+ * hits at a rare query position (< n_rare) and (i, j) the last of those, its overlap is at most
+ * its shared common keys (cm: uint64, 4 words per text, AND qm, 4 words) + h_rare + the keys
+ * after both i and j (n_rare - 1 - i, or m - ncommon[text] - 1 - j). Texts whose bound reaches
+ * need[m] (int64 per length; m from lens, int32) go to out_cand (int32), out_ov and out_m
+ * (int64): k of them. Of the others, runners (int32) gets the len(runners) <= 64 with the
+ * highest bound / (m + n), earlier first among equals: r of them.
+ */
+static PyObject *second_bound(PyObject *self, PyObject *args)
+{
+    PyObject *doc_obj, *qi_obj, *j_obj, *lens_obj, *ncommon_obj, *cm_obj, *qm_obj, *need_obj, *cand_obj, *ov_obj,
+        *m_obj, *runners_obj;
+    long long n_rare, n;
+    if (!PyArg_ParseTuple(args, "OOOLLOOOOOOOOO", &doc_obj, &qi_obj, &j_obj, &n_rare, &n, &lens_obj, &ncommon_obj,
+                          &cm_obj, &qm_obj, &need_obj, &cand_obj, &ov_obj, &m_obj, &runners_obj))
+        return NULL;
+    enum { DOC, QI, J, LENS, NCOMMON, CM, QM, NEED, CAND, OV, M, RUNNERS, N_VIEWS };
+    const struct {
+        PyObject *obj;
+        int writable;
+        Py_ssize_t itemsize;
+        const char *name;
+    } wanted[N_VIEWS] = {
+        {doc_obj, 0, 4, "doc"},     {qi_obj, 0, 8, "qi"},         {j_obj, 0, 8, "j"},         {lens_obj, 0, 4, "lens"},
+        {ncommon_obj, 0, 2, "ncommon"}, {cm_obj, 0, 8, "cm"},     {qm_obj, 0, 8, "qm"},       {need_obj, 0, 8, "need"},
+        {cand_obj, 1, 4, "out_cand"}, {ov_obj, 1, 8, "out_ov"},  {m_obj, 1, 8, "out_m"},    {runners_obj, 1, 4, "runners"},
+    };
+    Py_buffer views[N_VIEWS];
+    int have = 0;
+    PyObject *result = NULL;
+    int64_t *packed = NULL;
+    for (; have < N_VIEWS; have++)
+        if (take_buffer(wanted[have].obj, &views[have], wanted[have].writable, wanted[have].itemsize,
+                        wanted[have].name) < 0)
+            goto done;
+    Py_ssize_t n_hits = views[DOC].len / 4;
+    Py_ssize_t n_texts = views[LENS].len / 4;
+    if (views[NCOMMON].len / 2 < n_texts)
+        n_texts = views[NCOMMON].len / 2;
+    if (views[CM].len / (8 * COMMON_WORDS) < n_texts)
+        n_texts = views[CM].len / (8 * COMMON_WORDS);
+    if (views[QI].len / 8 != n_hits || views[J].len / 8 != n_hits || views[QM].len / 8 != COMMON_WORDS ||
+        views[NEED].len < 8 || views[CAND].len / 4 < n_hits || views[OV].len / 8 < n_hits || views[M].len / 8 < n_hits ||
+        views[RUNNERS].len / 4 > 64) {
+        PyErr_SetString(PyExc_ValueError, "need qi and j as long as doc, 4 words of qm, a need table, out arrays as long "
+                                          "as doc and at most 64 runners");
+        goto done;
+    }
+    packed = PyMem_Malloc(sizeof(int64_t) * (size_t)(n_hits ? n_hits : 1));
+    if (packed == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Second s = {n_hits, n_texts, views[NEED].len / 8, views[RUNNERS].len / 4, n_rare, n,
+                (const int32_t *)views[DOC].buf, (const int32_t *)views[LENS].buf, (const int64_t *)views[QI].buf,
+                (const int64_t *)views[J].buf, (const int64_t *)views[NEED].buf, (const int16_t *)views[NCOMMON].buf,
+                (const uint64_t *)views[CM].buf, (const uint64_t *)views[QM].buf, packed,
+                (int32_t *)views[CAND].buf, (int32_t *)views[RUNNERS].buf, (int64_t *)views[OV].buf,
+                (int64_t *)views[M].buf, 0, 0};
+    Py_ssize_t k;
+    Py_BEGIN_ALLOW_THREADS
+    k = run_second(&s);
+    Py_END_ALLOW_THREADS
+    if (s.bad)
+        PyErr_SetString(PyExc_ValueError, "a hit names a text outside lens, ncommon or cm, a position out of range, or a "
+                                          "length outside the need table");
+    else
+        result = Py_BuildValue("nn", k, s.r);
+done:
+    PyMem_Free(packed);
+    for (int v = 0; v < have; v++)
+        PyBuffer_Release(&views[v]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
      "overlap with a query can reach a bar, and their exact overlaps (see selfinstruct/_overlap.c)."},
+    {"prefix_hits", prefix_hits, METH_VARARGS,
+     "prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit, out_doc, "
+     "out_qi, out_j) -> k: the prefix-index entries in the ranges that pass the first bound (see selfinstruct/_overlap.c)."},
+    {"second_bound", second_bound, METH_VARARGS,
+     "second_bound(doc, qi, j, n_rare, n, lens, ncommon, cm, qm, need, out_cand, out_ov, out_m, runners) -> (k, r): the "
+     "texts of prefix_hits()'s hits whose second bound reaches the need table (see selfinstruct/_overlap.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -82,3 +82,89 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError):  # scratch shorter than limit
         kernel.survivors(np.zeros(1, np.int64), indptr, data, [None], 1, lens, need, 3, np.zeros(1, np.uint16),
                          np.empty(3, np.int32), np.empty(3, np.int32), np.empty(0, np.int32))  # fmt: skip
+
+
+# -- the decision index's probe: prefix_hits and second_bound against their numpy versions -----
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_probe_kernels_equal_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe of a growing pool gets the same hits, in the same order, and the same texts,
+    bounds and runners-up from the native passes as from numpy: with the small and middle runs
+    in use, the long-text bucket (capped lengths), searches limited to earlier texts, and raised
+    bars (the nearest's probe at its best so far)."""
+    for name, value in {"_SMALL_RUN": 5, "_SNAPSHOT_MIN": 8, "_RESNAPSHOT": 2, "_N_COMMON": 6, "_M_CAP": 9,
+                        "_SEED_HITS": 4, "_SEED_SAMPLE": 2}.items():  # fmt: skip
+        monkeypatch.setattr(similarity, name, value)
+    monkeypatch.setattr(similarity, "_NATIVE_SCAN_MAX", -1)  # every decision through the index
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(rng.randint(6, 30))]
+
+    def text() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.choice((rng.randint(1, 8), rng.randint(9, 14)))))
+
+    index = similarity.RougeLIndex()
+    index.extend([text() for _ in range(rng.randint(5, 40))])
+    index.prepare(0.7)
+    compared = {"hits": 0, "second": 0}
+    native_hits, native_second = index._native_hits, index._native_second
+
+    def both_hits(*args: Any) -> tuple[np.ndarray, ...]:
+        got, want = native_hits(*args), index._first_hits(*args)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+        compared["hits"] += 1
+        return got
+
+    def both_second(*args: Any) -> tuple[Any, ...]:
+        got, want = native_second(*args), index._second_bound(*args)
+        assert all(np.array_equal(g, w) for g, w in zip(got[:3], want[:3], strict=True)) and got[3] == want[3]
+        compared["second"] += 1
+        return got
+
+    monkeypatch.setattr(index, "_native_hits", both_hits)
+    monkeypatch.setattr(index, "_native_second", both_second)
+    for _ in range(150):
+        query = text()
+        index.max_above(query, rng.choice((0.5, 0.7, 0.9)))
+        index.first_above(query, 0.7)
+        index.nearest(query, before=rng.randint(1, len(index)))
+        if rng.random() < 0.5:
+            index.add(query)
+    assert compared["hits"] > 100 and compared["second"] > 50
+
+
+def test_prefix_probe_kernels_refuse_bad_arguments() -> None:
+    i64, i32 = np.zeros(4, np.int64), np.zeros(4, np.int32)
+    run = (np.full(2, 1 << 18, np.int64), np.zeros(2, np.uint64), np.arange(2, dtype=np.int32))  # length 1, j 0
+    small = (array("q"), array("Q"), array("i"))
+    need, lens = np.ones(4, np.int64), np.ones(4, np.int32)
+    ranges = np.array([0, 1 << 18], np.int64), np.array([10, (1 << 18) + 5], np.int64), np.array([2, 3], np.int64)
+
+    def hits(runs: Any = (run,), small: Any = small, ranges: Any = ranges, need: Any = need, out: Any = i32) -> int:
+        return kernel.prefix_hits(runs, small, *ranges, 3, 3, 0, 0, need, lens, False, 4, out, i64, i64)
+
+    assert hits() == 2  # the test's own arguments are good
+    with pytest.raises(TypeError):  # a run that is not a triple
+        hits(runs=[run[:2]])
+    with pytest.raises(ValueError):  # a run's arrays of different lengths
+        hits(runs=[(run[0], run[1], np.zeros(3, np.int32))])
+    with pytest.raises(ValueError):  # ranges out of order
+        hits(ranges=(ranges[0][::-1].copy(), ranges[1][::-1].copy(), ranges[2]))
+    with pytest.raises(TypeError):  # int64 output for text ids
+        hits(out=i64)
+    with pytest.raises(ValueError):  # an entry whose length is outside the need table
+        hits(need=need[:1])
+    assert hits(runs=[(np.arange(9, dtype=np.int64), np.zeros(9, np.uint64), np.zeros(9, np.int32))]) < 0  # no room
+
+    def second(doc: Any = np.array([1], np.int32), lens: Any = lens, qm: Any = np.zeros(4, np.uint64)) -> Any:
+        return kernel.second_bound(doc, np.array([0], np.int64), np.array([0], np.int64), 2, 3, lens,
+                                   np.zeros(4, np.int16), np.zeros(16, np.uint64), qm, need, np.empty(1, np.int32),
+                                   np.empty(1, np.int64), np.empty(1, np.int64), np.empty(2, np.int32))  # fmt: skip
+
+    assert second() == (1, 0)
+    with pytest.raises(ValueError):  # a hit on a text past the per-text arrays
+        second(doc=np.array([7], np.int32))
+    with pytest.raises(ValueError):  # a common-key mask of the wrong width
+        second(qm=np.zeros(3, np.uint64))
+    with pytest.raises(ValueError):  # a length outside the need table
+        second(lens=np.full(4, 9, np.int32))
