@@ -156,6 +156,9 @@ class Judge:
         # When another process fills in the nearest of accepted tasks (see fill_nearest), the
         # decision only asks whether anything scores above the threshold: a far cheaper search.
         self.defer_nearest = False
+        # With defer_nearest: compute the nearest here all the same (the other process has fallen
+        # behind); fill_nearest then keeps it.
+        self.nearest_here = False
         if threshold < 1.0:
             # The decision index answers "anything above the threshold?" and speeds up the exact
             # nearest too; built now, it is kept up to date as the pool grows.
@@ -260,11 +263,16 @@ class Judge:
             return Reject(
                 candidate, "near_duplicate", f"ROUGE-L {score:.3f} > {self.threshold}", score, nearest_text, nearest_id
             )
+        pending = self.defer_nearest and not self.nearest_here
+        if self.defer_nearest and self.nearest_here:
+            # Against the pool before the task joins it, from the bar max_above left behind.
+            score, nearest = self.index.nearest(candidate.instruction)
+            nearest_text, nearest_id = self._named(nearest)
         # Taken before the task joins the pool: it describes the decision's search of the pool before.
-        runner_up = self.index.runner_up(candidate.instruction) if self.defer_nearest else None
+        runner_up = self.index.runner_up(candidate.instruction) if pending else None
         id_ = self._new_id()
         self._admit(candidate.instruction, id_)
-        if self.defer_nearest:
+        if pending:
             return Accept(candidate, id_, _PENDING, "", None, runner_up)
         return Accept(candidate, id_, score, nearest_text, nearest_id)
 
@@ -281,7 +289,9 @@ class Judge:
         """
         decisions: list[Accept | Reject] = []
         for decision in verdict.decisions:
-            if isinstance(decision, Accept):
+            if isinstance(decision, Accept) and decision.rouge_l != _PENDING:  # the decider filled it in
+                self._admit(decision.candidate.instruction, decision.id)
+            elif isinstance(decision, Accept):
                 score, nearest = self.index.nearest(decision.candidate.instruction, runner_up=decision.runner_up)
                 nearest_text, nearest_id = self._named(nearest)
                 self._admit(decision.candidate.instruction, decision.id)

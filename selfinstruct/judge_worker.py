@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import mmap
 import os
 import pickle
 import queue
@@ -87,6 +88,26 @@ def worthwhile() -> bool:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return cores >= 2
+
+
+# More verdicts than this waiting for the fork: the decider fills in the nearest of the next
+# answer's accepted tasks itself, so that neither process idles while the other is behind.
+_BACKLOG = 2
+
+
+class _Backlog:
+    """Verdicts the decider has handed to the fork and the fork has not passed on yet: the fork
+    counts what it passes on in memory both processes share; the decider reads it."""
+
+    def __init__(self) -> None:
+        self._passed_on = mmap.mmap(-1, 8)  # shared: created before the fork
+        self.sent = 0  # the decider's own count
+
+    def passed_on(self) -> None:
+        struct.pack_into("q", self._passed_on, 0, struct.unpack_from("q", self._passed_on)[0] + 1)
+
+    def waiting(self) -> int:
+        return self.sent - struct.unpack_from("q", self._passed_on)[0]
 
 
 def _send(fh: IO[bytes], message: Any) -> None:
@@ -332,9 +353,12 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
             judge.next_task_number = message.next_task_number
             room = message.room
             break
-    outbox = _split(judge, inbox, outbox)
+    outbox, backlog = _split(judge, inbox, outbox)
     while True:
         sequence, (text, finish_reason, continuation_number) = _receive(inbox)
+        if backlog is not None:
+            judge.nearest_here = backlog.waiting() > _BACKLOG
+            backlog.sent += 1
         try:
             verdict = judge.judge(text, finish_reason=finish_reason, continuation_number=continuation_number, room=room)
         except Exception:  # noqa: BLE001 - reported to the parent, which stops the run with it
@@ -344,8 +368,9 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
         _send(outbox, (sequence, True, verdict))
 
 
-def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
-    """Fork a second process that fills in the exact nearest of accepted tasks; return the pipe to it.
+def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> tuple[IO[bytes], _Backlog | None]:
+    """Fork a second process that fills in the exact nearest of accepted tasks; return the pipe to
+    it and the count of verdicts it has yet to pass on.
 
     The decision then only asks "is anything above the threshold?", several times cheaper than
     the full nearest-neighbour search, which moves to the fork and overlaps with the next
@@ -353,11 +378,14 @@ def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
     written), judges nothing, and sees the verdicts in the order they were made, so its pool
     before each accepted task is the decider's. The chain keeps the order: parent -> decider
     -> nearest -> parent. Whoever of the chain ends, the others see end-of-file and exit.
+    While the fork is behind (high acceptance, or a large pool where the nearest is the costlier
+    search), the decider computes the nearest of some answers itself: exact either way.
     """
     if not hasattr(os, "fork"):
-        return outbox  # no fork (Windows): decide and compute the nearest here, as before
+        return outbox, None  # no fork (Windows): decide and compute the nearest here, as before
     release_freed_memory()
     read_end, write_end = os.pipe()
+    backlog = _Backlog()
     gc.freeze()  # the pool lives in both processes: keep the collector off its pages
     if os.fork() == 0:
         exit_code = 0
@@ -365,7 +393,7 @@ def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
             os.close(write_end)
             inbox.close()
             with os.fdopen(read_end, "rb") as decided:
-                _fill_nearest(judge, decided, outbox)
+                _fill_nearest(judge, decided, outbox, backlog)
         except (EOFError, BrokenPipeError):
             pass
         except BaseException:  # noqa: BLE001 - never return into the decider's code
@@ -375,10 +403,10 @@ def _split(judge: Judge, inbox: IO[bytes], outbox: IO[bytes]) -> IO[bytes]:
     os.close(read_end)
     outbox.close()
     judge.defer_nearest = True
-    return os.fdopen(write_end, "wb")
+    return os.fdopen(write_end, "wb"), backlog
 
 
-def _fill_nearest(judge: Judge, decided: IO[bytes], outbox: IO[bytes]) -> None:
+def _fill_nearest(judge: Judge, decided: IO[bytes], outbox: IO[bytes], backlog: _Backlog) -> None:
     while True:
         sequence, ok, value = _receive(decided)
         if ok and isinstance(value, Verdict):
@@ -388,6 +416,7 @@ def _fill_nearest(judge: Judge, decided: IO[bytes], outbox: IO[bytes]) -> None:
                 _send(outbox, (sequence, False, traceback.format_exc(limit=8)))
                 return
         _send(outbox, (sequence, ok, value))
+        backlog.passed_on()
 
 
 def main() -> None:

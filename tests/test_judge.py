@@ -115,10 +115,12 @@ def test_identical_non_english_instructions_are_caught_with_either_tokenizer(tok
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["postings", "decision-index"])
-def test_a_deciding_judge_and_a_nearest_filling_judge_give_the_same_verdicts(prepared: bool) -> None:
+@pytest.mark.parametrize("here", ["never", "some", "always"])
+def test_a_deciding_judge_and_a_nearest_filling_judge_give_the_same_verdicts(prepared: bool, here: str) -> None:
     # The split the judging process makes: one judge only decides, a replica of its pool fills in
     # the nearest of each accepted task (with the decision index built, from the decision's
-    # runner-up). Together they must equal one judge doing both.
+    # runner-up). Together they must equal one judge doing both, also when the decider fills in
+    # the nearest of some answers itself (nearest_here: the other process has fallen behind).
     whole, deciding, filling = make_judge(), make_judge(), make_judge()
     deciding.defer_nearest = True
     if prepared:
@@ -133,16 +135,21 @@ def test_a_deciding_judge_and_a_nearest_filling_judge_give_the_same_verdicts(pre
         "Name two board games that a family of four can play on a rainy day.",
     ]
     answers = [answer(*[(text, "", "Some answer.") for text in base[i : i + 3]]) for i in range(0, len(base), 2)]
-    pending = hinted = 0
-    for text in answers:
+    pending = hinted = filled_here = 0
+    for n, text in enumerate(answers):
+        deciding.nearest_here = here == "always" or (here == "some" and n % 3 == 0)
         expected = whole.judge(text, finish_reason="stop", continuation_number=None, room=10)
         decided = deciding.judge(text, finish_reason="stop", continuation_number=None, room=10)
         pending += sum(1 for d in decided.accepted if d.nearest_id is None)
         hinted += sum(1 for d in decided.accepted if d.runner_up is not None)
+        if deciding.nearest_here:
+            assert decided == expected  # complete already
+            filled_here += len(decided.accepted)
         assert [type(d) for d in decided.decisions] == [type(d) for d in expected.decisions]
         assert decided.rejected == expected.rejected  # a near-duplicate's exact nearest is found either way
         assert filling.fill_nearest(decided) == expected
-    assert pending > 0 and hinted > 0 and len(whole.index) == len(deciding.index) == len(filling.index)
+    assert len(whole.index) == len(deciding.index) == len(filling.index)
+    assert (pending > 0 and hinted > 0) == (here != "always") and (filled_here > 0) == (here != "never")
 
 
 @pytest.mark.parametrize("clash", [False, True], ids=["hashes", "every-hash-clashes"])

@@ -181,3 +181,18 @@ def test_the_worker_holds_the_pool_texts_compactly_and_gives_them_back_exactly()
     with pytest.raises(IndexError):
         strings[len(texts)]
     assert list(_Strings()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the nearest-filling fork exists where fork does")
+def test_the_decider_sees_how_many_verdicts_the_fork_has_yet_to_pass_on() -> None:
+    from selfinstruct.judge_worker import _Backlog
+
+    backlog = _Backlog()
+    backlog.sent = 5
+    pid = os.fork()
+    if pid == 0:  # the fork's side: passes three on
+        for _ in range(3):
+            backlog.passed_on()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert backlog.waiting() == 2
