@@ -33,6 +33,26 @@ static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t 
     return 0;
 }
 
+/* A buffer an argument must export: writable or not, its item size, its name for errors. */
+typedef struct {
+    PyObject *obj;
+    int writable;
+    Py_ssize_t itemsize;
+    const char *name;
+} Wanted;
+
+/* Takes the buffers of wanted[0:n] into views; returns how many it took (fewer than n: an
+ * exception is set, and the caller releases those taken). */
+static int take_buffers(const Wanted *wanted, int n, Py_buffer *views)
+{
+    int have = 0;
+    for (; have < n; have++)
+        if (take_buffer(wanted[have].obj, &views[have], wanted[have].writable, wanted[have].itemsize,
+                        wanted[have].name) < 0)
+            break;
+    return have;
+}
+
 /* First index in ids[0:len] (ascending) holding a value >= x. */
 static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
 {
@@ -90,12 +110,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         return NULL;
     Py_ssize_t n_lists = PySequence_Fast_GET_SIZE(seq);
     enum { KEYS, INDPTR, DATA, LENS, NEED, COUNTS, OUT, OV, RUNNERS, N_VIEWS };
-    const struct {
-        PyObject *obj;
-        int writable;
-        Py_ssize_t itemsize;
-        const char *name;
-    } wanted[N_VIEWS] = {
+    const Wanted wanted[N_VIEWS] = {
         {keys_obj, 0, 8, "keys"},     {indptr_obj, 0, 8, "indptr"}, {data_obj, 0, 4, "data"},
         {lens_obj, 0, 4, "lens"},     {need_obj, 0, 4, "need"},     {counts_obj, 1, 2, "counts"},
         {out_obj, 1, 4, "out"},       {ov_obj, 1, 4, "out_ov"},     {runners_obj, 1, 4, "runners"},
@@ -104,10 +119,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     int have = 0; /* views taken so far */
     Py_ssize_t k = -1, r = 0;
     IdList *lists = NULL;
-    for (; have < N_VIEWS; have++)
-        if (take_buffer(wanted[have].obj, &views[have], wanted[have].writable, wanted[have].itemsize,
-                        wanted[have].name) < 0)
-            goto done;
+    if ((have = take_buffers(wanted, N_VIEWS, views)) < N_VIEWS)
+        goto done;
     const Py_ssize_t n_need = views[NEED].len / 4;
     if (views[KEYS].len / 8 != n_lists || n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0 || n_need < 1) {
         PyErr_SetString(PyExc_ValueError,
@@ -416,15 +429,20 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
     return k;
 }
 
-/* The bound counts bits of every entry: with the popcnt instruction where the CPU has it (the
- * portable build would otherwise call a library routine per count, a sixth of the time). */
-static Py_ssize_t scan_plain(Scan *s) { return scan_hits(s); }
+/* The bounds count bits of every entry: with the popcnt instruction where the CPU has it (the
+ * portable build would otherwise call a library routine per count, a sixth of the time).
+ * WITH_POPCNT(name, T, pass) defines name(T *), which runs pass, inlined, compiled both ways. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("popcnt"))) static Py_ssize_t scan_popcnt(Scan *s) { return scan_hits(s); }
-static Py_ssize_t run_scan(Scan *s) { return __builtin_cpu_supports("popcnt") ? scan_popcnt(s) : scan_plain(s); }
+#define WITH_POPCNT(name, T, pass)                                                                      \
+    static Py_ssize_t name##_plain(T *s) { return pass(s); }                                           \
+    __attribute__((target("popcnt"))) static Py_ssize_t name##_popcnt(T *s) { return pass(s); }        \
+    static Py_ssize_t name(T *s) { return __builtin_cpu_supports("popcnt") ? name##_popcnt(s) : name##_plain(s); }
 #else
-static Py_ssize_t run_scan(Scan *s) { return scan_plain(s); }
+#define WITH_POPCNT(name, T, pass)                                                                      \
+    static Py_ssize_t name(T *s) { return pass(s); }
 #endif
+
+WITH_POPCNT(run_scan, Scan, scan_hits)
 
 /* prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit,
  *             out_doc, out_qi, out_j) -> k
@@ -463,18 +481,12 @@ static PyObject *prefix_hits(PyObject *self, PyObject *args)
     int have = 0;
     Py_ssize_t k = -1;
     Py_ssize_t *bounds = NULL;
-    const struct {
-        PyObject *obj;
-        int writable;
-        Py_ssize_t itemsize;
-        const char *name;
-    } fixed[N_FIXED] = {
+    const Wanted fixed[N_FIXED] = {
         {lows_obj, 0, 8, "lows"}, {highs_obj, 0, 8, "highs"}, {tags_obj, 0, 8, "tags"},   {need_obj, 0, 8, "need"},
         {lens_obj, 0, 4, "lens"}, {doc_obj, 1, 4, "out_doc"}, {qi_obj, 1, 8, "out_qi"}, {j_obj, 1, 8, "out_j"},
     };
-    for (; have < N_FIXED; have++)
-        if (take_buffer(fixed[have].obj, &views[have], fixed[have].writable, fixed[have].itemsize, fixed[have].name) < 0)
-            goto done;
+    if ((have = take_buffers(fixed, N_FIXED, views)) < N_FIXED)
+        goto done;
     /* the sorted runs, then the small one: comp, top, doc each */
     const int64_t *comps[9];
     const uint64_t *tops[9];
@@ -640,13 +652,7 @@ static inline __attribute__((always_inline)) Py_ssize_t second_pass(Second *s)
     return k;
 }
 
-static Py_ssize_t second_plain(Second *s) { return second_pass(s); }
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("popcnt"))) static Py_ssize_t second_popcnt(Second *s) { return second_pass(s); }
-static Py_ssize_t run_second(Second *s) { return __builtin_cpu_supports("popcnt") ? second_popcnt(s) : second_plain(s); }
-#else
-static Py_ssize_t run_second(Second *s) { return second_plain(s); }
-#endif
+WITH_POPCNT(run_second, Second, second_pass)
 
 /* second_bound(doc, qi, j, n_rare, n, lens, ncommon, cm, qm, need, out_cand, out_ov, out_m, runners) -> (k, r)
  *
@@ -668,12 +674,7 @@ static PyObject *second_bound(PyObject *self, PyObject *args)
                           &cm_obj, &qm_obj, &need_obj, &cand_obj, &ov_obj, &m_obj, &runners_obj))
         return NULL;
     enum { DOC, QI, J, LENS, NCOMMON, CM, QM, NEED, CAND, OV, M, RUNNERS, N_VIEWS };
-    const struct {
-        PyObject *obj;
-        int writable;
-        Py_ssize_t itemsize;
-        const char *name;
-    } wanted[N_VIEWS] = {
+    const Wanted wanted[N_VIEWS] = {
         {doc_obj, 0, 4, "doc"},     {qi_obj, 0, 8, "qi"},         {j_obj, 0, 8, "j"},         {lens_obj, 0, 4, "lens"},
         {ncommon_obj, 0, 2, "ncommon"}, {cm_obj, 0, 8, "cm"},     {qm_obj, 0, 8, "qm"},       {need_obj, 0, 8, "need"},
         {cand_obj, 1, 4, "out_cand"}, {ov_obj, 1, 8, "out_ov"},  {m_obj, 1, 8, "out_m"},    {runners_obj, 1, 4, "runners"},
@@ -682,10 +683,8 @@ static PyObject *second_bound(PyObject *self, PyObject *args)
     int have = 0;
     PyObject *result = NULL;
     int64_t *packed = NULL;
-    for (; have < N_VIEWS; have++)
-        if (take_buffer(wanted[have].obj, &views[have], wanted[have].writable, wanted[have].itemsize,
-                        wanted[have].name) < 0)
-            goto done;
+    if ((have = take_buffers(wanted, N_VIEWS, views)) < N_VIEWS)
+        goto done;
     Py_ssize_t n_hits = views[DOC].len / 4;
     Py_ssize_t n_texts = views[LENS].len / 4;
     if (views[NCOMMON].len / 2 < n_texts)
