@@ -218,6 +218,8 @@ _NATIVE_NEAREST_MAX = 100_000
 # ms at 1M).
 _NATIVE_SEED_TOP = 32
 _NATIVE_PREFIX_X = 8
+# The room for a native probe's entries is kept between queries up to this many (20 bytes each).
+_HITS_KEPT = 1 << 20
 # Entries per chunk when building CSR postings (bounds temporaries at 1M texts).
 _BUILD_CHUNK = 1 << 21
 # 64-bit words of the per-text bitmask of the most frequent keys, and how many keys get a bit.
@@ -1191,8 +1193,10 @@ class RougeLIndex:
             cand, ov, m = cand[keep], ov[keep], m[keep]
         return self._verify_ranked(q, cand, ov, m, t, exhaustive, best, best_id, runners)
 
-    def _second_bound(self, doc: np.ndarray, qi: np.ndarray, j: np.ndarray, n_rare: int, n: int, qm: np.ndarray,
-                      need: np.ndarray, runners_up: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+    def _second_bound(
+        self, doc: np.ndarray, qi: np.ndarray, j: np.ndarray, n_rare: int, n: int, qm: np.ndarray, need: np.ndarray,
+        runners_up: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """The texts of the kept hits whose second bound reaches ``need[m]``: ids (ascending),
         bounds and lengths; and up to ``runners_up`` of the others, best bound first."""
         lens = self._lens.a
@@ -1217,8 +1221,10 @@ class RougeLIndex:
             runners = cand[out[np.argsort(-ov[out] / (m[out] + n), kind="stable")[:runners_up]]].tolist()
         return cand[keep], ov[keep], m[keep], runners
 
-    def _native_second(self, doc: np.ndarray, qi: np.ndarray, j: np.ndarray, n_rare: int, n: int, qm: np.ndarray,
-                       need: np.ndarray, runners_up: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+    def _native_second(
+        self, doc: np.ndarray, qi: np.ndarray, j: np.ndarray, n_rare: int, n: int, qm: np.ndarray, need: np.ndarray,
+        runners_up: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """:meth:`_second_bound` in one native pass (same texts, same runners-up)."""
         size = len(doc)
         cand, ov, m = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
@@ -1227,8 +1233,10 @@ class RougeLIndex:
                                          cand, ov, m, room)  # fmt: skip
         return cand[:k], ov[:k], m[:k], room[:r].tolist()
 
-    def _first_hits(self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, n_keys: int, n_rare: int, qtop: int,
-                    q_rest: int, table: _NeedTable, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    def _first_hits(
+        self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, n_keys: int, n_rare: int, qtop: int, q_rest: int,
+        table: _NeedTable, limit: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The decision index's entries in the ranges [lows, highs] (tags: the query's K - i of
         each) whose texts are < limit and pass the first bound: text, query and text positions."""
         assert self._pre is not None
@@ -1250,8 +1258,10 @@ class RougeLIndex:
             ok &= np.minimum(m - j, qb) >= need[m]
         return doc[ok], qi[ok], j[ok]
 
-    def _native_hits(self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, n_keys: int, n_rare: int, qtop: int,
-                     q_rest: int, table: _NeedTable, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    def _native_hits(
+        self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, n_keys: int, n_rare: int, qtop: int, q_rest: int,
+        table: _NeedTable, limit: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_first_hits` in one native pass (same entries, same order)."""
         pre = self._pre
         assert pre is not None
@@ -1260,7 +1270,10 @@ class RougeLIndex:
                                          table.need, self._lens.a, table.capped, limit,
                                          self._hit_doc, self._hit_qi, self._hit_j)  # fmt: skip
             if k >= 0:
-                return self._hit_doc[:k].copy(), self._hit_qi[:k].copy(), self._hit_j[:k].copy()
+                hits = self._hit_doc[:k].copy(), self._hit_qi[:k].copy(), self._hit_j[:k].copy()
+                if len(self._hit_doc) > _HITS_KEPT:  # one wide probe must not hold its room for good
+                    self._hit_doc, self._hit_qi, self._hit_j = _EMPTY, _EMPTY_COMP, _EMPTY_COMP
+                return hits
             size = -k - 1  # the entries in the ranges: room for all of them, and some
             size += size >> 2
             self._hit_doc = np.empty(size, dtype=np.int32)

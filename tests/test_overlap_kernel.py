@@ -91,10 +91,10 @@ def test_bad_arguments_raise() -> None:
 def test_prefix_probe_kernels_equal_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every probe of a growing pool gets the same hits, in the same order, and the same texts,
     bounds and runners-up from the native passes as from numpy: with the small and middle runs
-    in use, the long-text bucket (capped lengths), searches limited to earlier texts, and raised
-    bars (the nearest's probe at its best so far)."""
+    in use, the long-text bucket (capped lengths), searches limited to earlier texts, raised bars
+    (the nearest's probe at its best so far), and the room for entries dropped after each wide probe."""
     for name, value in {"_SMALL_RUN": 5, "_SNAPSHOT_MIN": 8, "_RESNAPSHOT": 2, "_N_COMMON": 6, "_M_CAP": 9,
-                        "_SEED_HITS": 4, "_SEED_SAMPLE": 2}.items():  # fmt: skip
+                        "_SEED_HITS": 4, "_SEED_SAMPLE": 2, "_HITS_KEPT": 8 * (seed % 2)}.items():  # fmt: skip
         monkeypatch.setattr(similarity, name, value)
     monkeypatch.setattr(similarity, "_NATIVE_SCAN_MAX", -1)  # every decision through the index
     rng = random.Random(seed)
