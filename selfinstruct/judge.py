@@ -156,8 +156,8 @@ class Judge:
         # When another process fills in the nearest of accepted tasks (see fill_nearest), the
         # decision only asks whether anything scores above the threshold: a far cheaper search.
         self.defer_nearest = False
-        # With defer_nearest: compute the nearest here all the same (the other process has fallen
-        # behind); fill_nearest then keeps it.
+        # With defer_nearest: decide as if it were off (the other process has fallen behind), so
+        # the verdict comes complete; fill_nearest then keeps it.
         self.nearest_here = False
         if threshold < 1.0:
             # The decision index answers "anything above the threshold?" and speeds up the exact
@@ -252,7 +252,8 @@ class Judge:
             )  # fmt: skip
         if verdict is not None and self.tokenizer == "rouge" and not tokenize(candidate.instruction, "rouge"):
             verdict.untokenizable += 1
-        if self.defer_nearest:
+        deferred = self.defer_nearest and not self.nearest_here
+        if deferred:
             # Only "is anything above the threshold?": a near-duplicate still gets its exact nearest.
             found = self.index.max_above(candidate.instruction, self.threshold)
             score, nearest = found if found is not None else (0.0, None)
@@ -263,16 +264,11 @@ class Judge:
             return Reject(
                 candidate, "near_duplicate", f"ROUGE-L {score:.3f} > {self.threshold}", score, nearest_text, nearest_id
             )
-        pending = self.defer_nearest and not self.nearest_here
-        if self.defer_nearest and self.nearest_here:
-            # Against the pool before the task joins it, from the bar max_above left behind.
-            score, nearest = self.index.nearest(candidate.instruction)
-            nearest_text, nearest_id = self._named(nearest)
         # Taken before the task joins the pool: it describes the decision's search of the pool before.
-        runner_up = self.index.runner_up(candidate.instruction) if pending else None
+        runner_up = self.index.runner_up(candidate.instruction) if deferred else None
         id_ = self._new_id()
         self._admit(candidate.instruction, id_)
-        if pending:
+        if deferred:
             return Accept(candidate, id_, _PENDING, "", None, runner_up)
         return Accept(candidate, id_, score, nearest_text, nearest_id)
 
@@ -289,12 +285,12 @@ class Judge:
         """
         decisions: list[Accept | Reject] = []
         for decision in verdict.decisions:
-            if isinstance(decision, Accept) and decision.rouge_l != _PENDING:  # the decider filled it in
+            if isinstance(decision, Accept):
+                if decision.rouge_l == _PENDING:  # else the decider filled it in
+                    score, nearest = self.index.nearest(decision.candidate.instruction, runner_up=decision.runner_up)
+                    nearest_text, nearest_id = self._named(nearest)
+                    decision = replace(decision, rouge_l=score, nearest=nearest_text, nearest_id=nearest_id,
+                                       runner_up=None)  # fmt: skip
                 self._admit(decision.candidate.instruction, decision.id)
-            elif isinstance(decision, Accept):
-                score, nearest = self.index.nearest(decision.candidate.instruction, runner_up=decision.runner_up)
-                nearest_text, nearest_id = self._named(nearest)
-                self._admit(decision.candidate.instruction, decision.id)
-                decision = replace(decision, rouge_l=score, nearest=nearest_text, nearest_id=nearest_id, runner_up=None)
             decisions.append(decision)
         return replace(verdict, decisions=decisions)
