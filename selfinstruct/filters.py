@@ -174,8 +174,6 @@ _CHECKS: dict[str, Check] = {
     "empty_output": _empty_output,
 }
 FILTER_NAMES: tuple[str, ...] = tuple(_CHECKS)
-# The checks after the three that check_candidate's usual call runs inline.
-_LAST_CHECKS = tuple(_CHECKS.items())[3:]
 
 
 def check_candidate(
@@ -187,22 +185,6 @@ def check_candidate(
     when only the instruction is judged).
     """
     config = config or FilterConfig()
-    if not skip and not config.disabled and config.word_tokenizer == "whitespace":
-        # The judge's call: the checks of _CHECKS in the same order, inline, words counted once.
-        instruction = candidate.instruction
-        n = len(instruction.split())
-        if n < config.min_words:
-            return "too_short", f"{n} words"
-        if n > config.max_words:
-            return "too_long", f"{n} words"
-        word = _blacklisted_word(instruction, config)
-        if word is not None:
-            return "blacklisted_word", word
-        for name, check in _LAST_CHECKS:
-            detail = check(candidate, config)
-            if detail is not None:
-                return name, detail
-        return None
     for name, check in _CHECKS.items():
         if name in config.disabled or name in skip:
             continue

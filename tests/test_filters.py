@@ -1,5 +1,5 @@
-"""check_candidate's fast path: the judge's call (every filter, whitespace words) gives what the
-general loop over the filters gives, including the blacklist's quicker ASCII search."""
+"""check_candidate's verdicts, including the blacklist's quicker search of ASCII text, which must
+find what the case-insensitive pattern finds."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ CASES = [
 
 
 @pytest.mark.parametrize(("instruction", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_usual_call_agrees_with_the_general_loop(instruction: str, expected: tuple[str, str] | None) -> None:
+def test_the_first_filter_failed_is_reported(instruction: str, expected: tuple[str, str] | None) -> None:
     candidate = Candidate(instruction, "", "An answer.")
     assert check_candidate(candidate) == expected
-    # A skip list, even of nothing that exists, takes the general loop over the filters.
+    # Skipping a filter that does not exist changes nothing.
     assert check_candidate(candidate, skip=("none",)) == expected
 
 
