@@ -330,7 +330,8 @@ typedef struct {
     int capped, bad;
 } Bound;
 
-static inline __attribute__((always_inline)) int first_bound(Bound *b, int64_t comp, uint64_t top, int32_t doc, int64_t qb, int64_t *qi_out, int64_t *j_out)
+static inline __attribute__((always_inline)) int first_bound(Bound *b, int64_t comp, uint64_t top, int32_t doc,
+                                                             int64_t qb, int64_t *qi_out, int64_t *j_out)
 {
     if (doc < 0 || doc >= b->limit)
         return 0;
@@ -410,18 +411,7 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
     }
     const int64_t *sc = s->comps[n_runs];
     for (Py_ssize_t x = 0; x < s->sizes[n_runs]; x++) {
-        /* the last range starting at or before the entry */
-        Py_ssize_t lo = 0, len = n_ranges;
-        while (len > 0) {
-            Py_ssize_t half = len >> 1;
-            if (lows[lo + half] <= sc[x]) {
-                lo += half + 1;
-                len -= half + 1;
-            } else {
-                len = half;
-            }
-        }
-        Py_ssize_t i = lo - 1;
+        Py_ssize_t i = gallop(lows, 0, n_ranges, sc[x], 1) - 1; /* the last range starting at or before it */
         if (i >= 0 && sc[x] <= highs[i] &&
             first_bound(&s->b, sc[x], s->tops[n_runs][x], s->docs[n_runs][x], tags[i], &s->out_qi[k], &s->out_j[k]))
             s->out_doc[k++] = s->docs[n_runs][x];
