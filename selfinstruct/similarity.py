@@ -1152,10 +1152,8 @@ class RougeLIndex:
         assert q.ords is not None
         qm, n_common, qtop, q_rest = self._masks(q.ords)
         n_rare = n_keys - n_common
-        if self._native is not None:
-            doc, qi, j = self._native_hits(lows, highs, tags, n_keys, n_rare, qtop, q_rest, table, limit)
-        else:
-            doc, qi, j = self._first_hits(lows, highs, tags, n_keys, n_rare, qtop, q_rest, table, limit)
+        first = self._native_hits if self._native is not None else self._first_hits
+        doc, qi, j = first(lows, highs, tags, n_keys, n_rare, qtop, q_rest, table, limit)
         if not len(doc):
             return -1.0, -1
         lens = self._lens.a
@@ -1182,8 +1180,6 @@ class RougeLIndex:
         # Second bound, per text from its kept hits: with (i, j) its last kept rare hit and
         # h_rare its kept rare hits, every shared rare key is one of those or lies after i in
         # the query and after j in the text; shared common keys exactly from the full masks.
-        # One sort of (text, i, j) packed in an int64 (i < 2**20 unless the query has a
-        # million tokens; then i is stored as 2**20 - 1, which only loosens the bound).
         second = self._native_second if self._native is not None else self._second_bound
         cand, ov, m, runners = second(doc, qi, j, n_rare, n, qm, need, runners_up)
         if len(cand) > _OVERLAP_MIN:
@@ -1200,6 +1196,8 @@ class RougeLIndex:
         """The texts of the kept hits whose second bound reaches ``need[m]``: ids (ascending),
         bounds and lengths; and up to ``runners_up`` of the others, best bound first."""
         lens = self._lens.a
+        # One sort of (text, i, j) packed in an int64 (i < 2**20 unless the query has a million
+        # tokens; then i is stored as 2**20 - 1, which only loosens the bound).
         packed = np.sort((doc.astype(np.int64) << 28) | (np.minimum(qi, 0xFFFFF) << 8) | j)
         docs = packed >> 28
         ends = np.flatnonzero(np.concatenate((docs[1:] != docs[:-1], [True])))
