@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
 typedef struct {
@@ -68,6 +69,10 @@ static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
     }
     return lo;
 }
+
+/* A binary search's step costs about what LOOKUP_COST postings of a pass over a list do (a
+ * cache miss each against a streamed read; measured at 52k and 1M texts). */
+#define LOOKUP_COST 4
 
 static int has_id(const IdList *list, int32_t id)
 {
@@ -178,7 +183,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     int bad_length = 0;
 
     Py_BEGIN_ALLOW_THREADS
-    /* 1. Count the scanned lists per text; out collects each text once. */
+    /* 1. Count the scanned lists per text; out collects each text once (written always, kept
+     *    when new: most postings are a text's first, and a branch on it mispredicts). */
     Py_ssize_t touched = 0;
     for (Py_ssize_t i = 0; i < n_scan; i++) {
         for (int part = 0; part < 2; part++) {
@@ -187,8 +193,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                 int32_t id = ids[j];
                 if (id >= limit || id < 0)
                     break; /* ascending: the rest is past the limit */
-                if (counts[id]++ == 0)
-                    out[touched++] = id;
+                out[touched] = id;
+                touched += counts[id]++ == 0;
             }
         }
     }
@@ -234,7 +240,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         Py_ssize_t steps = 1;
         while (((Py_ssize_t)1 << steps) < len)
             steps++;
-        if (alive * steps < len) {
+        if (alive * steps * LOOKUP_COST < len) {
             for (Py_ssize_t t = 0; t < alive; t++)
                 counts[out[t]] += (uint16_t)has_id(&lists[i], out[t]);
         } else {
@@ -244,8 +250,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                     int32_t id = ids[j];
                     if (id >= limit || id < 0)
                         break;
-                    if (counts[id])
-                        counts[id]++;
+                    counts[id] += counts[id] != 0; /* branch-free: few are alive */
                 }
             }
         }
