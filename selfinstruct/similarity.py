@@ -175,6 +175,8 @@ _SCORE_DIRECTLY = 512
 _PEEK = 64
 # First exact-scoring chunk; later chunks grow 4x.
 _FIRST_CHUNK = 64
+# Up to this many texts, _score computes F in Python: numpy's per-call overhead exceeds the work.
+_SCORE_IN_PYTHON = 64
 # extend() stores texts in batches of this many before indexing them (bounds temporaries).
 _EXTEND_BATCH = 20_000
 # A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/256 of them): each
@@ -1080,7 +1082,7 @@ class RougeLIndex:
 
     def _score(self, q: _Query, ids: np.ndarray) -> tuple[float, int]:
         """Best exact F among ``ids`` (non-empty) and the smallest id reaching it."""
-        if len(ids) <= 8:  # numpy's per-call overhead exceeds the work
+        if len(ids) <= _SCORE_IN_PYTHON:
             best, best_id = -1.0, -1
             ilist = ids.tolist()
             for i, f in zip(ilist, self._verify(q, ilist), strict=True):
