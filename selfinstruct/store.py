@@ -162,13 +162,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Made once: json.dumps with keyword arguments builds a new encoder for every record.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
 def _dumps(record: dict[str, Any]) -> bytes:
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    text = _encode(record) + "\n"
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate cannot be UTF-8: escape it (\\udXXX), which is valid JSON and reads back the same.
-        return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+        return (_encode_ascii(record) + "\n").encode("ascii")
 
 
 def _write_json_atomically(path: Path, data: Any) -> None:
