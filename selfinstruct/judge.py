@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from .filters import FilterConfig, check_candidate
 from .parse import parse_answer
 from .records import AcceptedTask, Candidate, SeedTask
-from .similarity import RougeLIndex, tokenize
+from .similarity import RougeLIndex
 
 __all__ = ["Accept", "Judge", "Reject", "Verdict"]
 
@@ -250,7 +250,7 @@ class Judge:
                 candidate, "near_duplicate", "the same instruction is already in the pool", 1.0,
                 self.index.text(copy_of), self._ids[copy_of],
             )  # fmt: skip
-        if verdict is not None and self.tokenizer == "rouge" and not tokenize(candidate.instruction, "rouge"):
+        if verdict is not None and self.tokenizer == "rouge" and not self.index.tokens(candidate.instruction):
             verdict.untokenizable += 1
         deferred = self.defer_nearest and not self.nearest_here
         if deferred:

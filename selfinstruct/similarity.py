@@ -655,6 +655,7 @@ class RougeLIndex:
     def __init__(self, tokenizer: str = "rouge") -> None:
         self._tokenize = _get_tokenizer(tokenizer)
         self._tokenizer_name = tokenizer
+        self._last_tokens: tuple[str, list[str]] = ("", [])  # see tokens()
         self._n = 0
         self._buf = bytearray()  # every text, UTF-8 (surrogatepass), back to back
         self._text_off = _Vec(np.int64, 0)  # text i is _buf[_text_off[i]:_text_off[i + 1]]
@@ -725,6 +726,16 @@ class RougeLIndex:
         if code > sys.maxunicode:
             self._big = True
         return key
+
+    def tokens(self, text: str) -> list[str]:
+        """``text``'s tokens as this pool's tokenizer sees them (do not modify the list). The last
+        text's are kept: a decision, then the add of the same text, tokenize it once."""
+        last_text, last = self._last_tokens
+        if text == last_text:
+            return last
+        toks = self._tokenize(text)
+        self._last_tokens = (text, toks)
+        return toks
 
     def _keys_for(self, toks: list[str]) -> list[int]:
         """Keys of a text being added (creating unseen tokens and occurrence keys)."""
@@ -882,7 +893,7 @@ class RougeLIndex:
 
     def add(self, text: str) -> int:
         """Add ``text`` to the pool and return its id (0, 1, 2 ... in insertion order)."""
-        keys = self._keys_for(self._tokenize(text))
+        keys = self._keys_for(self.tokens(text))
         doc = self._n
         self._store_one(text, keys)
         self._index(doc, keys)
@@ -1025,7 +1036,7 @@ class RougeLIndex:
 
     def _query(self, text: str) -> _Query | None:
         """The query's known keys and token ids; None if it has no token the pool knows."""
-        toks = self._tokenize(text)
+        toks = self.tokens(text)
         if not toks or not self._n:
             return None
         vocab = self._vocab
