@@ -108,7 +108,7 @@ class Reply:
 
     kind: str  # tasks | text | truncated | error | drop | slow | default | raw | trickle
     items: tuple[Task, ...] = ()  # for tasks / truncated
-    raw: str = ""
+    content: str = ""  # for text (not "raw": the classmethod of that name would be its default)
     finish_reason: str = "stop"
     status: int = 200
     message: str = ""
@@ -130,7 +130,7 @@ class Reply:
     @classmethod
     def text(cls, raw: str, finish_reason: str = "stop") -> Reply:
         """Answer with ``raw`` as the content, verbatim (nothing is recorded in ``emitted``)."""
-        return cls("text", raw=raw, finish_reason=finish_reason)
+        return cls("text", content=raw, finish_reason=finish_reason)
 
     @classmethod
     def truncated(cls, tasks: Iterable[TaskLike]) -> Reply:
@@ -1333,7 +1333,7 @@ class FakeOpenAI:
         """Render one choice, apply truncation/stop/max_tokens, record emitted tasks."""
         finish = reply.finish_reason
         if reply.kind == "text":
-            rendered = _Rendered(reply.raw)
+            rendered = _Rendered(reply.content)
         else:
             tasks = (
                 self.generator.tasks(reply.count or plan.count)
