@@ -191,19 +191,25 @@ def row_judged(args: argparse.Namespace) -> dict[str, Any]:
             out = Path(tmp) / "run"
             cfg = _run_config(out, (server.base_url,), concurrency=None, tasks_per_prompt=40)
 
+            counter = _DecisionCounter(out)
+
             async def go() -> Any:
                 stop = asyncio.Event()
                 lags: list[float] = []
                 lag_task = asyncio.create_task(_loop_lag(stop, lags))
                 run = asyncio.create_task(run_generation(cfg, stop=stop))
-                await asyncio.sleep(args.seconds)
+                warmup = min(5.0, args.seconds / 3)  # for the CPU reading only: start-up counts in the rate
+                await asyncio.sleep(warmup)
+                c0, cpu0 = counter.poll(), _tree_cpu()
+                await asyncio.sleep(args.seconds - warmup)
+                c1, cpu1 = counter.poll(), _tree_cpu()
                 stop.set()
                 summary = await run
                 await lag_task
-                return summary, lags
+                return summary, lags, _cpu_per_candidate(cpu0, cpu1, c1 - c0)
 
             start = time.perf_counter()
-            summary, lags = asyncio.run(go())
+            summary, lags, cpu_ms = asyncio.run(go())
             elapsed = time.perf_counter() - start
             latencies = _latencies(out)
         stats = server.stats()
@@ -221,7 +227,42 @@ def row_judged(args: argparse.Namespace) -> dict[str, Any]:
         "latency_mean_s": sum(latencies) / max(1, len(latencies)),
         "latency_p99_s": _percentile(latencies, 0.99),
         "limits": _limits(summary),
+        "cpu_ms_per_candidate": cpu_ms,
     }
+
+
+def _tree_cpu() -> float | None:
+    """CPU seconds (user + system) of this process and every live descendant (the judging
+    processes, the fake server), from /proc; None where there is no /proc."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        except OSError:
+            continue  # ended meanwhile
+        parent[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(ticks[pid] for pid in tree if pid in ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_per_candidate(cpu0: float | None, cpu1: float | None, candidates: int) -> float | None:
+    """ms of CPU, all processes of the run together, per candidate decided in the window."""
+    if cpu0 is None or cpu1 is None or candidates <= 0:
+        return None
+    return 1000 * (cpu1 - cpu0) / candidates
 
 
 class _DecisionCounter:
@@ -281,15 +322,15 @@ def row_judged_pool(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.2)
                 await asyncio.sleep(3.0)  # warm-up
                 lag_task = asyncio.create_task(_loop_lag(stop, lags))
-                c0, t0 = counter.poll(), time.perf_counter()
+                c0, t0, cpu0 = counter.poll(), time.perf_counter(), _tree_cpu()
                 await asyncio.sleep(args.seconds)
-                c1, t1 = counter.poll(), time.perf_counter()
+                c1, t1, cpu1 = counter.poll(), time.perf_counter(), _tree_cpu()
                 stop.set()
                 summary = await run
                 await lag_task
-                return (c1 - c0) / (t1 - t0), summary, lags
+                return (c1 - c0) / (t1 - t0), summary, lags, _cpu_per_candidate(cpu0, cpu1, c1 - c0)
 
-            rate, summary, lags = asyncio.run(go())
+            rate, summary, lags, cpu_ms = asyncio.run(go())
         stats = server.stats()
     finally:
         server.stop()
@@ -302,6 +343,7 @@ def row_judged_pool(args: argparse.Namespace) -> dict[str, Any]:
         "loop_lag_mean_ms": 1000 * sum(lags) / max(1, len(lags)),
         "loop_lag_p99_ms": 1000 * _percentile(lags, 0.99),
         "limits": _limits(summary),
+        "cpu_ms_per_candidate": cpu_ms,
     }
 
 
@@ -436,7 +478,8 @@ def main() -> None:
             elif name.startswith("judged"):
                 value = _fmt(r, "candidates_per_s", ".0f")
                 details = (
-                    f"{r['tasks_per_answer']:.1f} tasks/answer, {r['accept_share']:.0%} accepted; limit/peak/cuts {list(r['limits'].values())}; "
+                    f"{r['tasks_per_answer']:.1f} tasks/answer, {r['accept_share']:.0%} accepted; "
+                    f"{_fmt(r, 'cpu_ms_per_candidate', '.3f')} ms CPU/candidate, all processes; limit/peak/cuts {list(r['limits'].values())}; "
                     f"loop stall mean {r['loop_lag_mean_ms']:.1f} p99 {r['loop_lag_p99_ms']:.1f} ms; "
                     f"latency mean {1000 * r['latency_mean_s']:.1f} p99 {1000 * r['latency_p99_s']:.1f} ms"
                 )
@@ -444,6 +487,7 @@ def main() -> None:
                 value = _fmt(r, "candidates_per_s", ".0f")
                 details = (
                     f"{r['tasks_per_answer']:.1f} tasks/answer, {r['accept_share']:.0%} accepted; "
+                    f"{_fmt(r, 'cpu_ms_per_candidate', '.3f')} ms CPU/candidate, all processes; "
                     f"limit/peak/cuts {list(r['limits'].values())}; "
                     f"loop stall mean {r['loop_lag_mean_ms']:.1f} p99 {r['loop_lag_p99_ms']:.1f} ms"
                 )
