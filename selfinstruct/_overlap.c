@@ -11,7 +11,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
 
 /* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
 typedef struct {
