@@ -44,6 +44,7 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
+from . import _aionet
 from .errors import AuthError, BadRequest, ClientError, ModelNotFound, ServerUnreachable
 
 __all__ = [
@@ -572,6 +573,8 @@ class _Sender:
                 isinstance(t, self._http.AsyncHTTPTransport) and hasattr(t, "_pool") for t in transports
             )
             pools = [t._pool for t in transports] if direct else None
+            for pool in pools or ():
+                _aionet.install(pool, url.raw_scheme)
             route = self._routes[path] = _Route(url, headers, pools)
         return route
 
