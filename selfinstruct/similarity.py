@@ -200,6 +200,15 @@ _M_CAP = 1023
 # decide() finds the nearest of an accepted text through the decision index when it scores at
 # least this much (the index is then built for this threshold: longer prefixes, more memory).
 _NEAREST_FLOOR = 0.45
+# With no verified bar that high, the exact nearest first probes the decision index for "F > this":
+# most accepted instructions have a nearest above it (two thirds at 52k), and that probe is
+# cheaper than the postings search it then skips; when it finds nothing, its runners-up raise
+# the bar of what follows...
+_NEAREST_LADDER = 0.55
+# ...as long as that share stays above half, over the last ~32 nearests (a moving average):
+# for prose or unrelated texts the probe seldom succeeds and tripled the cost of the nearest.
+_LADDER_ODDS = 0.5
+_LADDER_MEMORY = 32
 # Texts that cannot exceed the threshold but have the best bounds, scored by decide() to start
 # the nearest search of an accepted text from a good bar.
 _RUNNERS_UP = 8
@@ -693,6 +702,7 @@ class RougeLIndex:
         # nothing above t: the best runner-up it verified, a bar for nearest() to start from.
         self._hint: tuple[str, int, float, float, int] | None = None
         self._need_cache: dict[tuple[int, float], _NeedTable] = {}
+        self._ladder_odds = _LADDER_ODDS  # share of recent nearests above _NEAREST_LADDER
         self._mark = np.zeros(16, dtype=np.uint8)  # scratch: 1 at the query's keys
         # Native kernel scratch: per-text counts (kept all zero between calls), ids, overlaps.
         self._counts = np.zeros(0, dtype=np.uint16)
@@ -1340,6 +1350,9 @@ class RougeLIndex:
            is small): a best above ``t`` is exact. Skipped when ``below`` is given: then nothing
            ``< limit`` exceeds ``t`` (an earlier probe showed it) and ``below`` is a verified
            (F, id) with id ``< limit`` (or -1).
+        1b. If the best seen is below the ladder and recent nearests were mostly above it: an
+           exhaustive probe at it, exact when the maximum is above it (usual for instructions);
+           else its runners-up raise the best.
         2. If the best seen (runners-up included) is at least the floor: an exhaustive probe
            for "F >= x" (F above the float just below x), x that best: when the maximum is
            >= x, every text reaching it is a candidate, so the best is exact. Below the floor
@@ -1355,6 +1368,18 @@ class RougeLIndex:
                 return best, i
         else:
             best, i = below
+        found = self._nearest_not_above(q, t, limit, best, i)
+        self._ladder_odds += (float(found[0] > _NEAREST_LADDER) - self._ladder_odds) / _LADDER_MEMORY
+        return found
+
+    def _nearest_not_above(self, q: _Query, t: float, limit: int, best: float, i: int) -> tuple[float, int | None]:
+        """Steps 1b to 3 of :meth:`_exact_nearest`: nothing < limit exceeds ``t``; (best, i) verified."""
+        if best < _NEAREST_LADDER < t and self._pre_t < _NEAREST_LADDER and self._ladder_odds >= _LADDER_ODDS:
+            f, j = self._probe(q, _NEAREST_LADDER, True, limit, runners_up=_RUNNERS_UP)
+            if f > _NEAREST_LADDER:
+                return f, j
+            if f > best or (f == best and j < i):
+                best, i = f, j
         if best >= _NEAREST_FLOOR and best > self._pre_t and not self._native_reads_little(q, best):
             # (the index answers "F > _pre_t")
             f, j = self._probe(q, float(np.nextafter(best, -1.0)), True, limit)

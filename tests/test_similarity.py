@@ -652,3 +652,70 @@ def test_nearest_ignores_a_decision_about_another_text_or_pool() -> None:
 
 def idx_texts(idx: RougeLIndex) -> list[str]:
     return [idx.text(i) for i in range(len(idx))]
+
+
+@pytest.mark.parametrize("odds", [0.0, 2.0], ids=["always-ladder", "never-ladder"])
+def test_the_nearest_of_an_accepted_text_is_exact_with_and_without_the_ladder(odds: float) -> None:
+    # Near but not above 0.7: the nearests of accepted instructions mostly land in (0.55, 0.7],
+    # where the fork first probes at _NEAREST_LADDER while that usually succeeds.
+    rng = random.Random(31)
+    pool = zipf_pool(rng, 600)
+    queries = [edited(rng, rng.choice(pool), rng.randint(4, 10)) for _ in range(60)]
+    ladder_probes: list[float] = []
+    deciding, filling = build(pool, 400), build(pool, 400)
+    filling.prepare(0.7)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(similarity, "_LADDER_ODDS", odds)  # the bar the share of recent nearests must reach
+        probe = RougeLIndex._probe
+
+        def counted(self: RougeLIndex, q: object, t: float, *args: object, **kwargs: object) -> tuple[float, int]:
+            found = probe(self, q, t, *args, **kwargs)  # type: ignore[arg-type]
+            if t == similarity._NEAREST_LADDER and kwargs.get("runners_up"):  # (not step 2's probe at a bar)
+                ladder_probes.append(found[0])
+            return found
+
+        mp.setattr(RougeLIndex, "_probe", counted)
+        accepted = 0
+        for q in queries:
+            if deciding.max_above(q, 0.7) is None:
+                accepted += 1
+                assert filling.nearest(q, runner_up=deciding.runner_up(q)) == brute_nearest(pool, q)
+    assert accepted >= 20
+    if odds > 1:
+        assert ladder_probes == []
+    else:  # taken, and both ways: found the nearest above it, or only raised the bar
+        assert any(f > similarity._NEAREST_LADDER for f in ladder_probes)
+        assert any(f <= similarity._NEAREST_LADDER for f in ladder_probes)
+
+
+def test_the_ladder_is_left_while_it_seldom_pays_and_taken_again_when_it_does() -> None:
+    rng = random.Random(32)
+    pool = zipf_pool(rng, 400)
+    idx, picker = build(pool, 400), build(pool, 400)  # (the picker's nearests are checked below)
+    idx.prepare(0.7)
+    ladder = similarity._NEAREST_LADDER
+    far = [q for q in zipf_pool(rng, 60) if picker.nearest(q)[0] <= ladder]
+    near: list[str] = []
+    while len(near) < 40:
+        q = edited(rng, rng.choice(pool), rng.randint(1, 4))
+        if ladder < picker.nearest(q)[0] <= 0.7:
+            near.append(q)
+    assert len(far) >= 30
+    ladder_probes: list[float] = []
+    with pytest.MonkeyPatch.context() as mp:
+        probe = RougeLIndex._probe
+
+        def counted(self: RougeLIndex, q: object, t: float, *args: object, **kwargs: object) -> tuple[float, int]:
+            found = probe(self, q, t, *args, **kwargs)  # type: ignore[arg-type]
+            if t == ladder and kwargs.get("runners_up"):
+                ladder_probes.append(found[0])
+            return found
+
+        mp.setattr(RougeLIndex, "_probe", counted)
+        for q in far:  # unrelated texts: their nearest is below the ladder
+            assert idx.nearest(q, runner_up=(-1.0, -1)) == brute_nearest(pool, q)
+        assert len(ladder_probes) <= 2
+        before = len(ladder_probes)
+        for q in near:
+            assert idx.nearest(q, runner_up=(-1.0, -1)) == brute_nearest(pool, q)
+        assert len(ladder_probes) - before >= 10  # the share of nearests above it recovered
