@@ -1368,9 +1368,9 @@ class RougeLIndex:
                 return best, i
         else:
             best, i = below
-        found = self._nearest_not_above(q, t, limit, best, i)
-        self._ladder_odds += (float(found[0] > _NEAREST_LADDER) - self._ladder_odds) / _LADDER_MEMORY
-        return found
+        result = self._nearest_not_above(q, t, limit, best, i)
+        self._ladder_odds += (float(result[0] > _NEAREST_LADDER) - self._ladder_odds) / _LADDER_MEMORY
+        return result
 
     def _nearest_not_above(self, q: _Query, t: float, limit: int, best: float, i: int) -> tuple[float, int | None]:
         """Steps 1b to 3 of :meth:`_exact_nearest`: nothing < limit exceeds ``t``; (best, i) verified."""
