@@ -654,8 +654,10 @@ def idx_texts(idx: RougeLIndex) -> list[str]:
     return [idx.text(i) for i in range(len(idx))]
 
 
-@pytest.mark.parametrize("odds", [0.0, 2.0], ids=["always-ladder", "never-ladder"])
-def test_the_nearest_of_an_accepted_text_is_exact_with_and_without_the_ladder(odds: float) -> None:
+@pytest.mark.parametrize(("odds", "min_postings"), [(0.0, 0), (2.0, 0), (0.0, None)],
+                         ids=["always-ladder", "never-ladder", "small-pool-no-ladder"])  # fmt: skip
+def test_the_nearest_of_an_accepted_text_is_exact_with_and_without_the_ladder(odds: float,
+                                                                              min_postings: int | None) -> None:
     # Near but not above 0.7: the nearests of accepted instructions mostly land in (0.55, 0.7],
     # where the fork first probes at _NEAREST_LADDER while that usually succeeds.
     rng = random.Random(31)
@@ -666,6 +668,8 @@ def test_the_nearest_of_an_accepted_text_is_exact_with_and_without_the_ladder(od
     filling.prepare(0.7)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(similarity, "_LADDER_ODDS", odds)  # the bar the share of recent nearests must reach
+        if min_postings is not None:  # else this pool is too small for the ladder to pay
+            mp.setattr(similarity, "_LADDER_MIN_POSTINGS", min_postings)
         probe = RougeLIndex._probe
 
         def counted(self: RougeLIndex, q: object, t: float, *args: object, **kwargs: object) -> tuple[float, int]:
@@ -681,7 +685,7 @@ def test_the_nearest_of_an_accepted_text_is_exact_with_and_without_the_ladder(od
                 accepted += 1
                 assert filling.nearest(q, runner_up=deciding.runner_up(q)) == brute_nearest(pool, q)
     assert accepted >= 20
-    if odds > 1:
+    if odds > 1 or min_postings is None:
         assert ladder_probes == []
     else:  # taken, and both ways: found the nearest above it, or only raised the bar
         assert any(f > similarity._NEAREST_LADDER for f in ladder_probes)
@@ -703,6 +707,7 @@ def test_the_ladder_is_left_while_it_seldom_pays_and_taken_again_when_it_does() 
     assert len(far) >= 30
     ladder_probes: list[float] = []
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(similarity, "_LADDER_MIN_POSTINGS", 0)  # as if the pool were large
         probe = RougeLIndex._probe
 
         def counted(self: RougeLIndex, q: object, t: float, *args: object, **kwargs: object) -> tuple[float, int]:
