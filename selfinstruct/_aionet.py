@@ -13,11 +13,9 @@ httpcore's own backend.
 from __future__ import annotations
 
 import asyncio
-import select
-import socket
-import sys
+import importlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -76,21 +74,12 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-def _socket_readable(sock: socket.socket | None) -> bool:
-    """Whether a read would return at once (data or end of stream); True for a closed socket."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class _Stream:
     """httpcore's ``AsyncNetworkStream`` over one asyncio transport."""
 
-    def __init__(self, core: ModuleType, transport: asyncio.Transport, protocol: _Protocol) -> None:
-        self._core = core
+    def __init__(self, backend: AsyncioBackend, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._core = backend.core
+        self._socket_readable = backend.socket_readable
         self._transport = transport
         self._protocol = protocol
 
@@ -148,7 +137,7 @@ class _Stream:
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # asked of every idle connection before it is reused
             protocol = self._protocol
-            return bool(protocol.chunks) or protocol.eof or _socket_readable(self._transport.get_extra_info("socket"))
+            return bool(protocol.chunks) or protocol.eof or self._socket_readable(self._transport.get_extra_info("socket"))
         if info == "socket":
             return self._transport.get_extra_info("socket")
         if info == "client_addr":
@@ -161,11 +150,12 @@ class _Stream:
 class AsyncioBackend:
     """httpcore's ``AsyncNetworkBackend`` on the running asyncio loop; raises ``core``'s errors."""
 
-    def __init__(self, core: ModuleType) -> None:
-        self._core = core
+    def __init__(self, core: ModuleType, socket_readable: Callable[[Any], bool]) -> None:
+        self.core = core
+        self.socket_readable = socket_readable  # httpcore's own check: poll, or select where there is none
 
     async def _connect(self, opening: Any, timeout: float | None, socket_options: Iterable[Any] | None) -> _Stream:
-        core = self._core
+        core = self.core
         try:
             transport, protocol = await asyncio.wait_for(opening, timeout)
         except asyncio.TimeoutError as exc:
@@ -175,7 +165,7 @@ class AsyncioBackend:
         sock = transport.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return _Stream(core, transport, protocol)
+        return _Stream(self, transport, protocol)
 
     async def connect_tcp(
         self,
@@ -199,21 +189,15 @@ class AsyncioBackend:
         await asyncio.sleep(seconds)
 
 
-def install(pool: Any, scheme: bytes) -> bool:
-    """Make httpcore connection pool ``pool`` use :class:`AsyncioBackend` if it only ever opens
-    plain TCP connections to the endpoint (no TLS, no proxy); True if it does now."""
-    core = _core_of(pool)
-    if core is None or scheme != b"http" or type(pool) is not core.AsyncConnectionPool:
-        return False
-    if not hasattr(pool, "_network_backend"):  # httpcore changed its internals: keep its backend
-        return False
-    if not isinstance(pool._network_backend, AsyncioBackend):
-        pool._network_backend = AsyncioBackend(core)
-    return True
-
-
-def _core_of(pool: Any) -> ModuleType | None:
-    core = sys.modules.get(type(pool).__module__.partition(".")[0])
-    needed = ("AsyncConnectionPool", "ConnectError", "ConnectTimeout", "ReadError", "ReadTimeout", "WriteError",
-              "WriteTimeout")  # fmt: skip
-    return core if core is not None and all(hasattr(core, name) for name in needed) else None
+def install(pool: Any, core: ModuleType, scheme: bytes) -> None:
+    """Make the connection pool ``pool`` of httpcore module ``core`` use :class:`AsyncioBackend` if
+    it only ever opens plain TCP connections to the endpoint (no TLS, no proxy)."""
+    if scheme != b"http" or type(pool) is not getattr(core, "AsyncConnectionPool", None):
+        return
+    if not hasattr(pool, "_network_backend") or isinstance(pool._network_backend, AsyncioBackend):
+        return
+    try:
+        socket_readable = importlib.import_module(core.__name__ + "._utils").is_socket_readable
+    except (ImportError, AttributeError):  # httpcore changed its internals: keep its backend
+        return
+    pool._network_backend = AsyncioBackend(core, socket_readable)

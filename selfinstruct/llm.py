@@ -573,9 +573,9 @@ class _Sender:
                 isinstance(t, self._http.AsyncHTTPTransport) and hasattr(t, "_pool") for t in transports
             )
             pools = [t._pool for t in transports] if direct else None
-            for pool in pools or ():
-                _aionet.install(pool, url.raw_scheme)
             route = self._routes[path] = _Route(url, headers, pools)
+            for pool in pools or ():
+                _aionet.install(pool, route.core, url.raw_scheme)
         return route
 
     def _request(self, route: _Route, payload: bytes) -> Any:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import struct
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,15 +17,12 @@ from selfinstruct.llm import EndpointPool, GenerationRequest
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def core_module(pool: EndpointPool) -> Any:
-    """httpcore (or httpcore2): the module whose errors the backend must raise."""
-    inner = pool._endpoints[0].sender.shards[0]._transport._pool
-    return sys.modules[type(inner).__module__.partition(".")[0]]
+def route(pool: EndpointPool) -> Any:
+    return pool._endpoints[0].sender._route("/chat/completions")
 
 
 def route_pools(pool: EndpointPool) -> list[Any]:
-    route = pool._endpoints[0].sender._route("/chat/completions")
-    return route.pools or []
+    return route(pool).pools or []
 
 
 def with_server(handler: Handler, body: Callable[[int], Awaitable[Any]]) -> Any:
@@ -47,9 +43,12 @@ def with_server(handler: Handler, body: Callable[[int], Awaitable[Any]]) -> Any:
 
 
 def backend() -> _aionet.AsyncioBackend:
+    """The backend an endpoint pool installs (raising its httpcore's errors)."""
     pool = EndpointPool(["http://127.0.0.1:9/v1"], api_key="k", model="m")
     try:
-        return _aionet.AsyncioBackend(core_module(pool))
+        installed = route_pools(pool)[0]._network_backend
+        assert isinstance(installed, _aionet.AsyncioBackend)
+        return installed
     finally:
         asyncio.run(pool.aclose())
 
@@ -158,7 +157,7 @@ def test_a_reset_connection_is_a_read_error() -> None:
     async def body(port: int) -> None:
         stream = await net.connect_tcp("127.0.0.1", port, timeout=5)
         await stream.write(b"abc")
-        with pytest.raises(net._core.ReadError):
+        with pytest.raises(net.core.ReadError):
             while await stream.read(100):
                 pass
         await stream.aclose()
@@ -173,7 +172,7 @@ def test_a_refused_connection_is_a_connect_error() -> None:
         port = sock.getsockname()[1]  # bound, never listening: refused
 
     async def body() -> None:
-        with pytest.raises(net._core.ConnectError):
+        with pytest.raises(net.core.ConnectError):
             await net.connect_tcp("127.0.0.1", port, timeout=5)
 
     asyncio.run(body())
@@ -190,7 +189,7 @@ def test_a_silent_server_is_a_read_timeout() -> None:
     async def body(port: int) -> None:
         stream = await net.connect_tcp("127.0.0.1", port, timeout=5)
         try:
-            with pytest.raises(net._core.ReadTimeout):
+            with pytest.raises(net.core.ReadTimeout):
                 await stream.read(100, timeout=0.05)
         finally:
             release.set()
@@ -240,7 +239,7 @@ def test_a_reader_that_falls_behind_stops_the_socket_and_restarts_it() -> None:
     protocol = _aionet._Protocol()
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    stream = _aionet._Stream(backend()._core, transport, protocol)
+    stream = _aionet._Stream(backend(), transport, protocol)
     chunk = b"y" * (64 << 10)
     for _ in range(16):  # exactly the high-water mark: still reading
         protocol.data_received(chunk)
