@@ -1,12 +1,13 @@
 /* Optional native kernel of the near-duplicate search (selfinstruct/similarity.py).
  *
- * Three functions. survivors(): from the postings of a query's keys, the texts whose multiset
- * token overlap with the query can still reach a bar, and that overlap exactly. prefix_hits():
- * the decision index's entries that a query's probe reads and the first bound keeps; second_bound():
- * the texts of those entries that a tighter bound keeps. similarity.py
- * verifies what they return with rapidfuzz's LCS, as it does its own candidates; without this
- * module (no compiler at install time) it computes the same with numpy, more slowly.
- * The loops run without the GIL.
+ * survivors(): from the postings of a query's keys, the texts whose multiset token overlap with
+ * the query can still reach a bar, and that overlap exactly. prefix_hits(): the decision index's
+ * entries that a query's probe reads and the first bound keeps; second_bound(): the texts of
+ * those entries that a tighter bound keeps. verify(): the exact F of the candidates, best bound
+ * first, with rapidfuzz's LCS called from here (bind_lcs() checks that it can be). Without this
+ * module (no compiler at install time) similarity.py computes the same with numpy and Python,
+ * more slowly. The loops of the first three run without the GIL; verify() keeps it (it reads
+ * Python strings).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -719,6 +720,221 @@ done:
     return result;
 }
 
+/* ---- verify(): exact ROUGE-L F of a query with texts, through rapidfuzz's own LCS ----------
+ *
+ * similarity.py verified candidates one Python call (or one cdist) at a time; here the loop over
+ * candidates runs in C and calls rapidfuzz's LCSseq.similarity through the scorer interface its
+ * functions publish in a capsule (`_RF_Scorer`, the one rapidfuzz.process.cdist uses). The
+ * declarations below follow that interface at version 3 (rapidfuzz >= 3.0); bind_lcs() checks the
+ * version and the result type, and similarity.py falls back to the Python loop when it refuses. */
+
+#include <stdbool.h>
+
+typedef struct RfString {
+    void (*dtor)(struct RfString *self);
+    int kind; /* 0..3: 1, 2, 4 or 8 bytes per character */
+    void *data;
+    int64_t length;
+    void *context;
+} RfString;
+
+typedef struct RfKwargs {
+    void (*dtor)(struct RfKwargs *self);
+    void *context;
+} RfKwargs;
+
+typedef struct RfScorerFunc {
+    void (*dtor)(struct RfScorerFunc *self);
+    union {
+        bool (*f64)(const struct RfScorerFunc *, const RfString *, int64_t, double, double, double *);
+        bool (*i64)(const struct RfScorerFunc *, const RfString *, int64_t, int64_t, int64_t, int64_t *);
+        bool (*sizet)(const struct RfScorerFunc *, const RfString *, int64_t, size_t, size_t, size_t *);
+    } call;
+    void *context;
+} RfScorerFunc;
+
+typedef struct {
+    uint32_t flags;
+    union { double f64; int64_t i64; size_t sizet; } optimal_score, worst_score;
+} RfScorerFlags;
+
+typedef struct {
+    uint32_t version;
+    bool (*kwargs_init)(RfKwargs *self, PyObject *kwargs);
+    bool (*get_scorer_flags)(const RfKwargs *kwargs, RfScorerFlags *flags);
+    bool (*scorer_func_init)(RfScorerFunc *self, const RfKwargs *kwargs, int64_t count, const RfString *strings);
+} RfScorer;
+
+#define RF_INTERFACE_VERSION 3u
+#define RF_RESULT_SIZE_T (1u << 7)
+
+static const RfScorer *lcs_scorer = NULL;
+static PyObject *no_kwargs = NULL; /* an empty dict, for kwargs_init */
+
+/* bind_lcs(LCSseq.similarity) -> bool: whether verify() can call it. */
+static PyObject *bind_lcs(PyObject *self, PyObject *scorer_fn)
+{
+    PyObject *capsule = PyObject_GetAttrString(scorer_fn, "_RF_Scorer");
+    if (capsule == NULL) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    const RfScorer *scorer = PyCapsule_IsValid(capsule, NULL) ? PyCapsule_GetPointer(capsule, NULL) : NULL;
+    Py_DECREF(capsule); /* the scorer is static data of rapidfuzz's module, which stays loaded */
+    if (scorer == NULL || scorer->version != RF_INTERFACE_VERSION) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    if (no_kwargs == NULL && (no_kwargs = PyDict_New()) == NULL)
+        return NULL;
+    RfKwargs kwargs = {NULL, NULL};
+    RfScorerFlags flags;
+    if (!scorer->kwargs_init(&kwargs, no_kwargs))
+        return NULL;
+    bool ok = scorer->get_scorer_flags(&kwargs, &flags);
+    if (kwargs.dtor)
+        kwargs.dtor(&kwargs);
+    if (!ok)
+        return NULL;
+    if (!(flags.flags & RF_RESULT_SIZE_T))
+        Py_RETURN_FALSE;
+    lcs_scorer = scorer;
+    Py_RETURN_TRUE;
+}
+
+static int as_rf_string(PyObject *obj, RfString *out)
+{
+    if (!PyUnicode_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "verify: the query and the texts must be str");
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(obj) < 0)
+        return -1;
+#endif
+    int kind = PyUnicode_KIND(obj);
+    out->dtor = NULL;
+    out->kind = kind == PyUnicode_1BYTE_KIND ? 0 : kind == PyUnicode_2BYTE_KIND ? 1 : 2;
+    out->data = PyUnicode_DATA(obj);
+    out->length = PyUnicode_GET_LENGTH(obj);
+    out->context = NULL;
+    return 0;
+}
+
+/* rouge_score's F-measure, the operations of similarity._fmeasure in its order (each one a
+ * correctly rounded IEEE operation on exactly representable values, as in Python). */
+static inline double fmeasure(size_t lcs, int64_t n, int64_t m)
+{
+    if (lcs == 0)
+        return 0.0;
+    double precision = (double)lcs / (double)n;
+    double recall = (double)lcs / (double)m;
+    return 2 * precision * recall / (precision + recall);
+}
+
+/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id)
+ *
+ * Scores texts ids[0], ids[1], ... (int32 or int64) against the query: F from the LCS of
+ * query and seqs[i] (one character per token) and the lengths n and lens[i]. Returns at once the
+ * first (F, id) with F > stop_above. Otherwise raises (best, best_id) -- the highest F, the
+ * smallest id on ties -- and returns it; once best > cut_above, stops at the first k with
+ * ub[k] < best - eps (ub: float64 upper bounds, descending; None: no cut). */
+static PyObject *verify(PyObject *self, PyObject *args)
+{
+    PyObject *query, *seqs, *ids_obj, *ub_obj, *lens_obj;
+    long long n, best_id;
+    double stop_above, cut_above, eps, best;
+    if (!PyArg_ParseTuple(args, "OO!OOOLddddL", &query, &PyList_Type, &seqs, &ids_obj, &ub_obj, &lens_obj, &n,
+                          &stop_above, &cut_above, &eps, &best, &best_id))
+        return NULL;
+    if (lcs_scorer == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "verify: bind_lcs() did not succeed");
+        return NULL;
+    }
+    if (n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "verify: the query must have tokens");
+        return NULL;
+    }
+    RfString qstr;
+    if (as_rf_string(query, &qstr) < 0)
+        return NULL;
+    Py_buffer ids_view, ub_view = {0}, lens_view;
+    if (PyObject_GetBuffer(ids_obj, &ids_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    int have_ub = 0, have_lens = 0;
+    if (ids_view.itemsize != 4 && ids_view.itemsize != 8) {
+        PyErr_SetString(PyExc_TypeError, "verify: ids must be an int32 or int64 array");
+        goto done;
+    }
+    Py_ssize_t count = ids_view.len / ids_view.itemsize;
+    if (ub_obj != Py_None) {
+        if (take_buffer(ub_obj, &ub_view, 0, 8, "verify: ub") < 0)
+            goto done;
+        have_ub = 1;
+        if (ub_view.len / 8 < count) {
+            PyErr_SetString(PyExc_ValueError, "verify: ub is shorter than ids");
+            goto done;
+        }
+    }
+    if (take_buffer(lens_obj, &lens_view, 0, 4, "verify: lens") < 0)
+        goto done;
+    have_lens = 1;
+    const int32_t *lens = lens_view.buf;
+    Py_ssize_t n_lens = lens_view.len / 4, n_seqs = PyList_GET_SIZE(seqs);
+    const double *ub = have_ub ? ub_view.buf : NULL;
+
+    RfKwargs kwargs = {NULL, NULL};
+    RfScorerFunc scorer = {0};
+    if (!lcs_scorer->kwargs_init(&kwargs, no_kwargs))
+        goto done;
+    if (!lcs_scorer->scorer_func_init(&scorer, &kwargs, 1, &qstr)) {
+        if (kwargs.dtor)
+            kwargs.dtor(&kwargs);
+        goto done;
+    }
+    int failed = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (ub != NULL && best > cut_above && ub[k] < best - eps)
+            break;
+        int64_t i = ids_view.itemsize == 4 ? ((const int32_t *)ids_view.buf)[k] : ((const int64_t *)ids_view.buf)[k];
+        if (i < 0 || i >= n_seqs || i >= n_lens) {
+            PyErr_SetString(PyExc_IndexError, "verify: an id outside seqs or lens");
+            failed = 1;
+            break;
+        }
+        RfString text;
+        size_t lcs;
+        if (as_rf_string(PyList_GET_ITEM(seqs, i), &text) < 0 || !scorer.call.sizet(&scorer, &text, 1, 0, 0, &lcs)) {
+            failed = 1;
+            break;
+        }
+        double f = fmeasure(lcs, n, lens[i]);
+        if (f > stop_above) {
+            best = f;
+            best_id = i;
+            break;
+        }
+        if (f > best || (f == best && i < best_id)) {
+            best = f;
+            best_id = i;
+        }
+    }
+    if (scorer.dtor)
+        scorer.dtor(&scorer);
+    if (kwargs.dtor)
+        kwargs.dtor(&kwargs);
+    if (!failed)
+        result = Py_BuildValue("dL", best, best_id);
+done:
+    PyBuffer_Release(&ids_view);
+    if (have_ub)
+        PyBuffer_Release(&ub_view);
+    if (have_lens)
+        PyBuffer_Release(&lens_view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
@@ -729,6 +945,11 @@ static PyMethodDef methods[] = {
     {"second_bound", second_bound, METH_VARARGS,
      "second_bound(doc, qi, j, n_rare, n, lens, ncommon, cm, qm, need, out_cand, out_ov, out_m, runners) -> (k, r): the "
      "texts of prefix_hits()'s hits whose second bound reaches the need table (see selfinstruct/_overlap.c)."},
+    {"bind_lcs", bind_lcs, METH_O,
+     "bind_lcs(rapidfuzz.distance.LCSseq.similarity) -> bool: whether verify() can call that scorer natively."},
+    {"verify", verify, METH_VARARGS,
+     "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
+     "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -168,3 +168,75 @@ def test_prefix_probe_kernels_refuse_bad_arguments() -> None:
         second(qm=np.zeros(3, np.uint64))
     with pytest.raises(ValueError):  # a length outside the need table
         second(lens=np.full(4, 9, np.int32))
+
+
+def test_the_native_kernel_refuses_a_scorer_it_cannot_call() -> None:
+    """A function without rapidfuzz's scorer capsule (another rapidfuzz, say) is refused, and the
+    Python loop verifies instead."""
+    assert kernel.bind_lcs(len) is False
+    assert kernel.bind_lcs(similarity.LCSseq.similarity) is True  # bound again for the other tests
+
+
+def test_native_verify_stops_and_cuts_where_told() -> None:
+    """verify() returns the first F above stop_above, and once the best is above cut_above it
+    skips every text from the first bound below best - eps on (bounds descend)."""
+    if not similarity._NATIVE_LCS:
+        pytest.skip("the native kernel cannot call this rapidfuzz")
+    index = similarity.RougeLIndex()
+    index.extend(["a b c d", "a b x y", "a b c d e", "p q r s"])
+    q = index._query("a b c d")
+    assert q is not None
+    seqs, lens, qs = index._seqs, index._lens.a, index._qseq(q)
+    ids = np.array([1, 2, 0, 3], dtype=np.int32)
+    inf = float("inf")
+    # No bounds: the maximum (1.0, text 0) whatever the order.
+    assert kernel.verify(qs, seqs, ids, None, lens, q.n, inf, inf, 1e-9, -1.0, -1) == (1.0, 0)
+    # Stop at the first F above 0.6: text 1 scores 0.5, text 2 scores 8/9.
+    assert kernel.verify(qs, seqs, ids, None, lens, q.n, 0.6, inf, 1e-9, -1.0, -1) == (similarity.rouge_l("a b c d", "a b c d e"), 2)
+    # Bounds that put text 0 below the best of texts 1 and 2: it is cut, so it is not seen.
+    ub = np.array([1.0, 0.95, 0.5, 0.1])
+    assert kernel.verify(qs, seqs, ids, ub, lens, q.n, inf, 0.0, 1e-9, -1.0, -1) == (similarity.rouge_l("a b c d", "a b c d e"), 2)
+    # The same bounds with the cut off until the best passes 0.9: text 0 is scored.
+    assert kernel.verify(qs, seqs, ids, ub, lens, q.n, inf, 0.9, 1e-9, -1.0, -1) == (1.0, 0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_native_verify_equals_the_python_loop(seed: int) -> None:
+    """verify() finds the (F, id) the Python formula finds over rapidfuzz's LCS, for texts of
+    every str width (1, 2 and 4 bytes a character) and both id widths."""
+    if not similarity._NATIVE_LCS:
+        pytest.skip("the native kernel cannot call this rapidfuzz")
+    rng = random.Random(seed)
+    alphabets = ["abcdef", "ab\u0100\u0101", "a\U00010000\U00010001\u0100"]
+
+    def text() -> str:
+        return "".join(rng.choice(rng.choice(alphabets)) for _ in range(rng.randint(1, 90)))
+
+    seqs = [text() for _ in range(200)]
+    lens = np.array([len(x) for x in seqs], dtype=np.int32)
+    for _ in range(20):
+        q = text()
+        ids = np.array(rng.sample(range(200), rng.randint(1, 60)), dtype=rng.choice([np.int32, np.int64]))
+        scores = [(similarity._fmeasure(int(similarity.LCSseq.similarity(q, seqs[i])), len(q), len(seqs[i])), -i)
+                  for i in ids.tolist()]  # fmt: skip
+        f, neg_i = max(scores)
+        inf = float("inf")
+        assert kernel.verify(q, seqs, ids, None, lens, len(q), inf, inf, 1e-9, -1.0, -1) == (f, -neg_i)
+
+
+def test_native_verify_refuses_bad_arguments() -> None:
+    if not similarity._NATIVE_LCS:
+        pytest.skip("the native kernel cannot call this rapidfuzz")
+    seqs, lens, inf = ["ab", "abc"], np.array([2, 3], dtype=np.int32), float("inf")
+    with pytest.raises(IndexError):
+        kernel.verify("ab", seqs, np.array([2], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(IndexError):
+        kernel.verify("ab", seqs, np.array([-1], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(TypeError):
+        kernel.verify("ab", [(1, 2), "abc"], np.array([0], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(TypeError):
+        kernel.verify("ab", seqs, np.array([0], dtype=np.int16), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(ValueError):
+        kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), np.array([1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(ValueError):
+        kernel.verify("", seqs, np.array([0], dtype=np.int64), None, lens, 0, inf, inf, 1e-9, -1.0, -1)

@@ -49,6 +49,15 @@ def test_the_native_kernel_is_built_in_ci() -> None:
     assert similarity._native_overlap is not None
 
 
+def test_the_native_kernel_verifies_through_rapidfuzz_in_ci() -> None:
+    """CI must exercise the native verification too: the installed rapidfuzz publishes the scorer
+    interface (version 3) it calls."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("only checked in CI")
+    assert similarity._NATIVE_LCS
+
+
+
 class _UnicodeTok:
     """rouge-score tokenizer plug-in using our unicode tokenizer (rouge-score does the LCS)."""
 
