@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 
 /* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
@@ -935,6 +936,32 @@ done:
     return result;
 }
 
+/* min_shared(best, eps, n, out) -> None
+ *
+ * RougeLIndex._min_shared(best, n, 0) into out (int32, one per length m): the fewest keys a text
+ * of m tokens must share with a query of n tokens to possibly reach F = best, i.e.
+ * max(ceil((best - eps) * (m + n) / 2), 1), or 2**30 when that exceeds m. The same float
+ * operations in the same order as numpy's there. */
+static PyObject *min_shared(PyObject *self, PyObject *args)
+{
+    double best, eps;
+    long long n;
+    PyObject *out_obj;
+    if (!PyArg_ParseTuple(args, "ddLO", &best, &eps, &n, &out_obj))
+        return NULL;
+    Py_buffer view;
+    if (take_buffer(out_obj, &view, 1, 4, "min_shared: out") < 0)
+        return NULL;
+    int32_t *out = view.buf;
+    const double bar = best - eps;
+    for (Py_ssize_t m = 0, len = view.len / 4; m < len; m++) {
+        double need = ceil(bar * (double)(m + n) / 2);
+        out[m] = (double)m >= need ? (need > 1 ? (int32_t)need : 1) : (int32_t)1 << 30;
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
@@ -950,6 +977,9 @@ static PyMethodDef methods[] = {
     {"verify", verify, METH_VARARGS,
      "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
      "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
+    {"min_shared", min_shared, METH_VARARGS,
+     "min_shared(best, eps, n, out) -> None: per text length, the fewest shared keys with which F can reach best "
+     "(see selfinstruct/_overlap.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -578,7 +578,7 @@ class _PrefixIndex:
 class _Query:
     """A tokenized query: token count, known keys (token order), known token ids (token order)."""
 
-    __slots__ = ("n", "keys", "tids", "by_ord", "ords", "by_df", "_seq")
+    __slots__ = ("n", "keys", "tids", "by_ord", "ords", "by_df", "cum", "_seq")
 
     def __init__(self, n: int, keys: list[int], tids: list[int]) -> None:
         self.n = n
@@ -588,6 +588,7 @@ class _Query:
         self.ords: np.ndarray | None = None  # their places in the order
         # keys from fewest to most postings, and those counts (the pool does not grow during a query)
         self.by_df: tuple[list[int], np.ndarray] | None = None
+        self.cum: list[int] | None = None  # cum[j]: postings of the j + 1 rarest keys
         self._seq: str | tuple[int, ...] | None = None
 
 
@@ -1094,8 +1095,11 @@ class RougeLIndex:
 
     def _qseq(self, q: _Query) -> str | tuple[int, ...]:
         if q._seq is None:
-            codes = self._key_code.a[q.tids]
-            q._seq = tuple(codes.tolist()) if self._big else codes.astype(_U4).tobytes().decode(_UTF32)
+            codes = self._code_list
+            if len(codes) < self._n_keys:  # as in _seq_of (after a bulk extend, once)
+                codes.extend(self._key_code.a[len(codes) : self._n_keys].tolist())
+            cs = [codes[t] for t in q.tids]
+            q._seq = tuple(cs) if self._big else _decode_utf32(array(_U4_ARRAY, cs))[0]
         return q._seq
 
     def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1538,9 +1542,9 @@ class RougeLIndex:
         n = q.n
         if not q.keys:
             return 0.0, None
-        qkeys, df = self._rarest_first(q)
+        qkeys = self._rarest_first(q)[0]
         n_keys = len(qkeys)
-        cum = np.cumsum(df).tolist()  # cum[j]: postings in the j+1 rarest keys
+        cum = self._cum_postings(q)  # cum[j]: postings in the j+1 rarest keys
 
         budget, top, prefix_x = _SEED_POSTINGS, _SEED_TOP, 1
         if self._native is not None:
@@ -1576,7 +1580,7 @@ class RougeLIndex:
         lens_all = self._lens.a
         if self._native is not None:
             # One native pass: every text that can still reach best, with its exact overlap.
-            need = self._min_shared(best, n, 0).astype(np.int32)
+            need = self._native_min_shared(best, n)
             cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit)
             m = lens_all[cand]
             rest = 0
@@ -1665,10 +1669,17 @@ class RougeLIndex:
             q.by_df = [q.keys[i] for i in order.tolist()], df[order]
         return q.by_df
 
+    def _cum_postings(self, q: _Query) -> list[int]:
+        """Postings of the query's rarest keys: element j counts those of the j + 1 rarest."""
+        if q.cum is None:
+            q.cum = np.cumsum(self._rarest_first(q)[1]).tolist()
+        return q.cum
+
     def _postings_to_read(self, q: _Query, best: float) -> int:
         """How many postings the postings search for a text reaching ``best`` reads."""
-        df = self._rarest_first(q)[1]
-        return int(df[: len(df) - _common_allowed(q.n, best, len(df))].sum())
+        cum = self._cum_postings(q)
+        n_read = len(cum) - _common_allowed(q.n, best, len(cum))
+        return cum[n_read - 1] if n_read > 0 else 0
 
     def _native_reads_little(self, q: _Query, best: float) -> bool:
         """Whether the native postings search for a text reaching ``best`` reads few postings."""
@@ -1693,9 +1704,9 @@ class RougeLIndex:
             return -1.0, -1
         # Prefix filter: a text holding none of the rarest K - amin + 1 keys shares at most
         # amin - 1 keys, below need[m] for every length.
-        keys, df = self._rarest_first(q)
-        n_scan = len(keys) - table.amin + 1
-        if int(df[:n_scan].sum()) > _NATIVE_SCAN_MAX:
+        keys = self._rarest_first(q)[0]
+        n_scan = len(keys) - table.amin + 1  # >= 1: len(keys) >= amin
+        if self._cum_postings(q)[n_scan - 1] > _NATIVE_SCAN_MAX:
             return None
         cand, ov, runners = self._survivors(keys, n_scan, table.need32, limit, runners_up)
         return self._verify_ranked(q, cand, ov, self._lens.a[cand], t, exhaustive, -1.0, -1, runners)
@@ -1719,6 +1730,16 @@ class RougeLIndex:
         acc = np.bincount(hits, minlength=limit)
         cand = np.flatnonzero(acc)
         return cand, acc[cand]
+
+    def _native_min_shared(self, best: float, n: int) -> np.ndarray:
+        """``_min_shared(best, n, 0)`` as int32, filled by the native kernel (numpy's half dozen
+        passes over the lengths cost more than the loop)."""
+        need = np.empty(self._max_len + 1, dtype=np.int32)
+        if hasattr(self._native, "min_shared"):
+            self._native.min_shared(best, _EPS, n, need)
+        else:  # a kernel built before this function existed
+            need[:] = self._min_shared(best, n, 0)
+        return need
 
     def _min_shared(self, best: float, n: int, s: int) -> np.ndarray:
         """Per text length m: fewest prefix keys a text must share to possibly reach ``best``.

@@ -240,3 +240,17 @@ def test_native_verify_refuses_bad_arguments() -> None:
         kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), np.array([1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):
         kernel.verify("", seqs, np.array([0], dtype=np.int64), None, lens, 0, inf, inf, 1e-9, -1.0, -1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_shared_equals_numpy(seed: int) -> None:
+    """The native need-per-length table equals _min_shared's numpy one, bars at ties included."""
+    index = similarity.RougeLIndex()
+    index.extend(["w " * 300])
+    rng = random.Random(seed)
+    for _ in range(2000):
+        best = rng.choice([rng.random(), round(rng.random(), 2), -1.0, 0.0, 1.0, 2 / 3, 0.7])
+        n = rng.randint(1, 400)
+        native = np.empty(index._max_len + 1, dtype=np.int32)
+        kernel.min_shared(best, similarity._EPS, n, native)
+        assert np.array_equal(native, index._min_shared(best, n, 0)), (best, n)
