@@ -97,6 +97,7 @@ def test_prefix_probe_kernels_equal_numpy(seed: int, monkeypatch: pytest.MonkeyP
                         "_SEED_HITS": 4, "_SEED_SAMPLE": 2, "_HITS_KEPT": 8 * (seed % 2)}.items():  # fmt: skip
         monkeypatch.setattr(similarity, name, value)
     monkeypatch.setattr(similarity, "_NATIVE_SCAN_MAX", -1)  # every decision through the index
+    monkeypatch.setattr(similarity, "_NATIVE_FLAT_SCAN_MAX", -1)
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(rng.randint(6, 30))]
 
@@ -254,3 +255,39 @@ def test_min_shared_equals_numpy(seed: int) -> None:
         native = np.empty(index._max_len + 1, dtype=np.int32)
         kernel.min_shared(best, similarity._EPS, n, native)
         assert np.array_equal(native, index._min_shared(best, n, 0)), (best, n)
+
+
+def test_a_decision_over_equally_common_keys_takes_the_postings_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _NATIVE_SCAN_MAX, the decision still scans the postings when the keys it reads are all
+    about equally common (the index has no rare key to prune with), and probes the index when one
+    of them is rare; the answer is rouge_score's either way."""
+    monkeypatch.setattr(similarity, "_NATIVE_SCAN_MAX", 10)
+    rng = random.Random(5)
+    flat = [" ".join(rng.choice("abcdefgh") for _ in range(8)) for _ in range(300)]
+    index = similarity.RougeLIndex()
+    index.extend(flat)
+    index.prepare(0.7)
+    probes: list[float] = []
+    real_probe = similarity.RougeLIndex._probe
+
+    def counting_probe(self: Any, q: Any, t: float, *args: Any, **kwargs: Any) -> Any:
+        probes.append(t)
+        return real_probe(self, q, t, *args, **kwargs)
+
+    monkeypatch.setattr(similarity.RougeLIndex, "_probe", counting_probe)
+
+    def brute(text: str) -> float:
+        return max(similarity.rouge_l(text, other) for other in index_texts)
+
+    index_texts = list(flat)
+    query = "a b c d e f g h"
+    found = index.max_above(query, 0.7)
+    assert probes == []  # the scan decided
+    assert (found[0] if found else 0.0) == (brute(query) if brute(query) > 0.7 else 0.0)
+    # A rare key in the query's scanned keys: the index decides.
+    index.add("a b c d zebra e f g")
+    index_texts.append("a b c d zebra e f g")
+    query = "zebra a b c d e f g"
+    found = index.max_above(query, 0.7)
+    assert probes  # the index decided
+    assert found is not None and found[0] == brute(query)

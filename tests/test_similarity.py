@@ -29,17 +29,19 @@ def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs three ways: the native kernel wherever it applies, the native kernel with
     every decision and nearest search sent through the decision index (what large pools do), and
     numpy alone (an install without a C compiler)."""
-    saved = RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_NEAREST_MAX
+    saved = (RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_FLAT_SCAN_MAX,
+             similarity._NATIVE_NEAREST_MAX)  # fmt: skip
     if request.param == "numpy":
         RougeLIndex._native = None
     elif RougeLIndex._native is None:
         pytest.skip("the native kernel is not built (no C compiler at install time)")
     if request.param == "native+index":
-        similarity._NATIVE_SCAN_MAX = similarity._NATIVE_NEAREST_MAX = -1
+        similarity._NATIVE_SCAN_MAX = similarity._NATIVE_FLAT_SCAN_MAX = similarity._NATIVE_NEAREST_MAX = -1
     try:
         yield request.param
     finally:
-        RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_NEAREST_MAX = saved
+        (RougeLIndex._native, similarity._NATIVE_SCAN_MAX, similarity._NATIVE_FLAT_SCAN_MAX,
+         similarity._NATIVE_NEAREST_MAX) = saved  # fmt: skip
 
 
 def test_the_native_kernel_is_built_in_ci() -> None:
