@@ -169,7 +169,7 @@ except ImportError:  # pragma: no cover - depends on the install
 
 def _bind_native_lcs() -> bool:
     """Whether the native kernel can call rapidfuzz's LCS itself (its scorer interface, version 3)."""
-    if _native_overlap is None or not hasattr(_native_overlap, "bind_lcs"):
+    if _native_overlap is None:
         return False
     try:
         return bool(_native_overlap.bind_lcs(LCSseq.similarity))
@@ -1105,11 +1105,7 @@ class RougeLIndex:
 
     def _qseq(self, q: _Query) -> str | tuple[int, ...]:
         if q._seq is None:
-            codes = self._code_list
-            if len(codes) < self._n_keys:  # as in _seq_of (after a bulk extend, once)
-                codes.extend(self._key_code.a[len(codes) : self._n_keys].tolist())
-            cs = [codes[t] for t in q.tids]
-            q._seq = tuple(cs) if self._big else _decode_utf32(array(_U4_ARRAY, cs))[0]
+            q._seq = self._seq_of(q.tids)  # token ids are the keys of first occurrences
         return q._seq
 
     def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1352,27 +1348,23 @@ class RougeLIndex:
         """Verify ``cand`` (overlaps at most ``ov``, lengths ``m``) most promising first, raising
         (best, best_id): stops at the first F > t unless exhaustive; when nothing exceeds t,
         the ``runners`` (texts that could not) are scored too, as a bar for the nearest."""
+        ub = None
+        if len(cand) > 1:
+            ub = 2 * ov / (m + q.n)
+            order = np.lexsort((cand, -ub))  # ascending ids among equal bounds
+            cand, ub = cand[order], ub[order]
         native = self._native_verifier()
         if native is not None:
             # The same loop in C: stop at the first F > t, or cut what is bounded below the best.
-            ub_arr = None
-            if len(cand) > 1:
-                ub_arr = 2 * ov / (m + q.n)
-                order = np.lexsort((cand, -ub_arr))  # ascending ids among equal bounds
-                cand, ub_arr = cand[order], ub_arr[order]
             qs = self._qseq(q)
-            best, best_id = native.verify(qs, self._seqs, cand, ub_arr, self._lens.a, q.n, _INF if exhaustive else t,
+            best, best_id = native.verify(qs, self._seqs, cand, ub, self._lens.a, q.n, _INF if exhaustive else t,
                                           t if exhaustive else _INF, _EPS, best, best_id)  # fmt: skip
             if runners and best <= t:
                 best, best_id = native.verify(qs, self._seqs, np.array(runners, dtype=np.int64), None, self._lens.a,
                                               q.n, _INF, _INF, _EPS, best, best_id)  # fmt: skip
             return best, best_id
-        if len(cand) > 1:
-            ub = 2 * ov / (m + q.n)
-            order = np.lexsort((cand, -ub))  # ascending ids among equal bounds
-            ids_all, ub_list = cand[order].tolist(), ub[order].tolist()
-        else:
-            ids_all, ub_list = cand.tolist(), [1.0] * len(cand)
+        ids_all = cand.tolist()
+        ub_list = ub.tolist() if ub is not None else [1.0] * len(cand)
         start, chunk = 0, _VERIFY_CHUNK
         while start < len(ids_all):
             ids = ids_all[start : start + chunk]
@@ -1748,10 +1740,7 @@ class RougeLIndex:
         """``_min_shared(best, n, 0)`` as int32, filled by the native kernel (numpy's half dozen
         passes over the lengths cost more than the loop)."""
         need = np.empty(self._max_len + 1, dtype=np.int32)
-        if hasattr(self._native, "min_shared"):
-            self._native.min_shared(best, _EPS, n, need)
-        else:  # a kernel built before this function existed
-            need[:] = self._min_shared(best, n, 0)
+        self._native.min_shared(best, _EPS, n, need)
         return need
 
     def _min_shared(self, best: float, n: int, s: int) -> np.ndarray:
