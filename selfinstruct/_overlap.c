@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
 typedef struct {
@@ -864,7 +865,9 @@ static PyObject *verify(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     int have_ub = 0, have_lens = 0;
-    if (ids_view.itemsize != 4 && ids_view.itemsize != 8) {
+    const char *format = ids_view.format != NULL ? ids_view.format : "B";
+    char code = format[strlen(format) - 1]; /* past any byte-order prefix */
+    if ((ids_view.itemsize != 4 && ids_view.itemsize != 8) || (code != 'i' && code != 'l' && code != 'q')) {
         PyErr_SetString(PyExc_TypeError, "verify: ids must be an int32 or int64 array");
         goto done;
     }

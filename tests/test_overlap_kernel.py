@@ -237,6 +237,10 @@ def test_native_verify_refuses_bad_arguments() -> None:
         kernel.verify("ab", [(1, 2), "abc"], np.array([0], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(TypeError):
         kernel.verify("ab", seqs, np.array([0], dtype=np.int16), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(TypeError):  # 8 bytes an item, but not integers
+        kernel.verify("ab", seqs, np.array([0.0]), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(TypeError):  # unsigned
+        kernel.verify("ab", seqs, np.array([0], dtype=np.uint32), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):
         kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), np.array([1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):
