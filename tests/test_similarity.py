@@ -59,7 +59,6 @@ def test_the_native_kernel_verifies_through_rapidfuzz_in_ci() -> None:
     assert similarity._NATIVE_LCS
 
 
-
 class _UnicodeTok:
     """rouge-score tokenizer plug-in using our unicode tokenizer (rouge-score does the LCS)."""
 
