@@ -98,7 +98,8 @@ static int has_id(const IdList *list, int32_t id)
  * lens:   int32, token count per text. need: int32 per length m, the overlap a text of that
  *         length needs to reach the bar (more than m when it cannot).
  * limit:  only ids < limit count. counts: uint16 scratch of at least limit entries, all zero
- *         (left all zero). out, out_ov: int32 of at least limit entries.
+ *         (left all zero). out, out_ov: int32 of at least limit + 1 and limit entries (the count
+ *         loop writes one past the texts it keeps).
  * runners: int32, room for the R texts dropped first (after the scanned lists) that held the
  *         most of them, shortest first among equals: a bar for a nearest search to start from.
  * Returns (k, r): out[:k] the surviving ids (no order), out_ov[:k] their exact overlaps, and
@@ -134,9 +135,9 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                         "need len(keys) == len(tails) <= 65535, 0 <= n_scan <= len(keys), limit >= 0, a need table");
         goto done;
     }
-    if (views[LENS].len / 4 < limit || views[COUNTS].len / 2 < limit || views[OUT].len / 4 < limit ||
+    if (views[LENS].len / 4 < limit || views[COUNTS].len / 2 < limit || views[OUT].len / 4 <= limit ||
         views[OV].len / 4 < limit) {
-        PyErr_SetString(PyExc_ValueError, "lens, counts, out and out_ov need at least limit entries");
+        PyErr_SetString(PyExc_ValueError, "lens, counts and out_ov need at least limit entries, out limit + 1");
         goto done;
     }
     lists = PyMem_Calloc(n_lists ? (size_t)n_lists : 1, sizeof(IdList));

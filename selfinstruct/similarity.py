@@ -1652,7 +1652,7 @@ class RougeLIndex:
         can reach ``need[m]``, and their exact overlaps (see _overlap.c); texts holding none of
         the first ``n_scan`` keys must be unable to. Also up to ``runners`` of the dropped texts
         that came closest."""
-        if len(self._counts) < limit:
+        if len(self._out) <= limit:  # the kernel writes one past the texts it keeps
             size = limit + (limit >> 2) + 1024
             self._counts = np.zeros(size, dtype=np.uint16)
             self._out, self._out_ov = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32)

@@ -84,6 +84,26 @@ def test_bad_arguments_raise() -> None:
                          np.empty(3, np.int32), np.empty(3, np.int32), np.empty(0, np.int32))  # fmt: skip
 
 
+def test_the_count_loop_has_room_for_its_one_extra_write() -> None:
+    # Every text below limit touched, then one more posting: the loop writes out[limit] before
+    # it knows the text is not new. An out array of exactly limit entries used to be accepted.
+    indptr = np.array([0, 2, 4], dtype=np.int64)
+    data = np.array([0, 1, 0, 1], dtype=np.int32)
+    lens, need = np.full(2, 2, dtype=np.int32), np.ones(3, dtype=np.int32)
+
+    def run(room: int) -> int:
+        out = np.zeros(room + 1, dtype=np.int32)
+        out[room] = -7  # a guard past the room given
+        k, _ = kernel.survivors(np.array([0, 1], np.int64), indptr, data, [None, None], 2, lens, need, 2,
+                                np.zeros(2, np.uint16), out[:room], np.empty(2, np.int32), np.empty(0, np.int32))
+        assert out[room] == -7, "wrote past the out array it was given"
+        return k
+
+    with pytest.raises(ValueError, match="limit \\+ 1"):
+        run(2)
+    assert run(3) == 2
+
+
 # -- the decision index's probe: prefix_hits and second_bound against their numpy versions -----
 
 
