@@ -966,6 +966,244 @@ static PyObject *min_shared(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Sequence of Python ints -> int64 array (PyMem); NULL with an exception set. */
+static int64_t *int64s_of(PyObject *obj, Py_ssize_t *n_out, const char *what)
+{
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int64_t *out = PyMem_Malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    if (out == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        out[i] = v;
+    }
+    Py_DECREF(seq);
+    *n_out = n;
+    return out;
+}
+
+typedef struct {
+    int64_t value;
+    int64_t at; /* position in the input: ties keep input order */
+} Ranked;
+
+static int compare_ranked(const void *a, const void *b)
+{
+    const Ranked *x = a, *y = b;
+    if (x->value != y->value)
+        return x->value < y->value ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Reads table[key] (int32 or int64 items); -1 with an exception set when key is out of range. */
+static int table_value(const Py_buffer *table, int64_t key, int64_t *value)
+{
+    if (key < 0 || key >= table->len / table->itemsize) {
+        PyErr_SetString(PyExc_IndexError, "key outside the table");
+        return -1;
+    }
+    *value = table->itemsize == 4 ? ((const int32_t *)table->buf)[key] : ((const int64_t *)table->buf)[key];
+    return 0;
+}
+
+static int take_table(PyObject *obj, Py_buffer *view, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (!((view->itemsize == 4 || view->itemsize == 8) && (*f == 'i' || *f == 'l' || *f == 'q') && f[1] == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int32 or int64 array", what);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* rank(keys, table) -> (keys, values, cum)
+ *
+ * The keys (Python ints) ordered by table[key] ascending, ties in the given order; their values
+ * and the running sums of those (RougeLIndex._rarest_first and _cum_postings: table is the
+ * postings count per key). Lists of ints. */
+static PyObject *rank(PyObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *table_obj, *result = NULL, *lists[3] = {NULL, NULL, NULL};
+    if (!PyArg_ParseTuple(args, "OO", &keys_obj, &table_obj))
+        return NULL;
+    Py_buffer table;
+    if (take_table(table_obj, &table, "rank: table") < 0)
+        return NULL;
+    Py_ssize_t n = 0;
+    int64_t *keys = int64s_of(keys_obj, &n, "rank: keys must be a sequence");
+    Ranked *ranked = keys ? PyMem_Malloc(sizeof(Ranked) * (size_t)(n ? n : 1)) : NULL;
+    if (keys != NULL && ranked == NULL)
+        PyErr_NoMemory();
+    if (ranked == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (table_value(&table, keys[i], &ranked[i].value) < 0)
+            goto done;
+        ranked[i].at = i;
+    }
+    qsort(ranked, (size_t)n, sizeof(Ranked), compare_ranked);
+    for (int l = 0; l < 3; l++)
+        if ((lists[l] = PyList_New(n)) == NULL)
+            goto done;
+    int64_t sum = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        sum += ranked[i].value;
+        PyObject *k = PyLong_FromLongLong(keys[ranked[i].at]), *v = PyLong_FromLongLong(ranked[i].value),
+                 *c = PyLong_FromLongLong(sum);
+        if (k == NULL || v == NULL || c == NULL) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_XDECREF(c);
+            goto done;
+        }
+        PyList_SET_ITEM(lists[0], i, k);
+        PyList_SET_ITEM(lists[1], i, v);
+        PyList_SET_ITEM(lists[2], i, c);
+    }
+    result = PyTuple_Pack(3, lists[0], lists[1], lists[2]);
+done:
+    for (int l = 0; l < 3; l++)
+        Py_XDECREF(lists[l]);
+    PyMem_Free(ranked);
+    PyMem_Free(keys);
+    PyBuffer_Release(&table);
+    return result;
+}
+
+/* probe_front(keys, ord, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest)
+ *
+ * What RougeLIndex._probe computes before reading the decision index, for a query's keys (Python
+ * ints) and ord (int64, each key's place in the global order, distinct; rarest first):
+ * - the ranges of the index to read: for probe key i (the i-th rarest) and each range template
+ *   of the need table's (pi == i: m << 18 in mj, jmax << 10 | 1023 in jmax, K - i in qb; rows
+ *   of one i contiguous, ascending), lows = key << 28 | mj, highs = lows | jmax, tags = qb:
+ *   written to lows/highs/tags (int64, room for len(pi)) sorted by lows, r = len(pi);
+ * - the query's common-key mask: bit ord - c0 of every key with ord >= c0 (< c0 + 256) in qm
+ *   (uint64[4]), how many (n_common), those from bit c64 - c0 on shifted down (qtop, the 64 most
+ *   frequent) and how many common keys are not among those (q_rest).
+ * numpy's version: the lines of _probe it replaces and RougeLIndex._masks. */
+static PyObject *probe_front(PyObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *ord_obj, *pi_obj, *mj_obj, *jmax_obj, *qb_obj, *lows_obj, *highs_obj, *tags_obj, *qm_obj;
+    long long c0, c64;
+    if (!PyArg_ParseTuple(args, "OOLLOOOOOOOO", &keys_obj, &ord_obj, &c0, &c64, &pi_obj, &mj_obj, &jmax_obj, &qb_obj,
+                          &lows_obj, &highs_obj, &tags_obj, &qm_obj))
+        return NULL;
+    enum { ORD, PI, MJ, JMAX, QB, LOWS, HIGHS, TAGS, QM, N_VIEWS };
+    const Wanted wanted[N_VIEWS] = {
+        {ord_obj, 0, 8, "ord"},     {pi_obj, 0, 8, "pi"},       {mj_obj, 0, 8, "mj"},
+        {jmax_obj, 0, 8, "jmax"},   {qb_obj, 0, 8, "qb"},       {lows_obj, 1, 8, "lows"},
+        {highs_obj, 1, 8, "highs"}, {tags_obj, 1, 8, "tags"},   {qm_obj, 1, 8, "qm"},
+    };
+    Py_buffer views[N_VIEWS];
+    PyObject *result = NULL;
+    Ranked *by_ord = NULL, *probes = NULL;
+    Py_ssize_t *start = NULL;
+    Py_ssize_t n = 0;
+    int64_t *keys = NULL;
+    int have = take_buffers(wanted, N_VIEWS, views);
+    if (have < N_VIEWS)
+        goto done;
+    const Py_ssize_t r = views[PI].len / 8, n_ord = views[ORD].len / 8;
+    if (views[MJ].len / 8 != r || views[JMAX].len / 8 != r || views[QB].len / 8 != r || views[LOWS].len / 8 < r ||
+        views[HIGHS].len / 8 < r || views[TAGS].len / 8 < r || views[QM].len / 8 != 4 || c64 < c0) {
+        PyErr_SetString(PyExc_ValueError, "probe_front: pi, mj, jmax and qb of one length, room for them, qm of 4 words");
+        goto done;
+    }
+    if ((keys = int64s_of(keys_obj, &n, "probe_front: keys must be a sequence")) == NULL)
+        goto done;
+    by_ord = PyMem_Malloc(sizeof(Ranked) * (size_t)(n ? n : 1));
+    probes = PyMem_Malloc(sizeof(Ranked) * (size_t)(n ? n : 1));
+    start = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    if (by_ord == NULL || probes == NULL || start == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *ord = views[ORD].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (keys[i] < 0 || keys[i] >= n_ord) {
+            PyErr_SetString(PyExc_IndexError, "probe_front: key outside ord");
+            goto done;
+        }
+        by_ord[i].value = ord[keys[i]];
+        by_ord[i].at = keys[i];
+    }
+    qsort(by_ord, (size_t)n, sizeof(Ranked), compare_ranked);
+
+    uint64_t *qm = views[QM].buf;
+    uint64_t qtop = 0;
+    long long n_common = 0, top_bit = c64 - c0;
+    qm[0] = qm[1] = qm[2] = qm[3] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long bit = by_ord[i].value - c0;
+        if (bit < 0)
+            continue;
+        if (bit >= 256 || bit >= top_bit + 64) {
+            PyErr_SetString(PyExc_ValueError, "probe_front: a place past the common range");
+            goto done;
+        }
+        qm[bit >> 6] |= (uint64_t)1 << (bit & 63);
+        n_common++;
+        if (bit >= top_bit)
+            qtop |= (uint64_t)1 << (bit - top_bit);
+    }
+    long long q_rest = n_common - __builtin_popcountll(qtop);
+
+    /* The rows of each probe key, then the probe keys in ascending key order: lows ascend. */
+    const int64_t *pi = views[PI].buf, *mj = views[MJ].buf, *jmax = views[JMAX].buf, *qb = views[QB].buf;
+    Py_ssize_t n_probes = 0;
+    for (Py_ssize_t t = 0; t < r; t++) {
+        if (pi[t] < 0 || pi[t] >= n || (t > 0 && pi[t] < pi[t - 1])) {
+            PyErr_SetString(PyExc_ValueError, "probe_front: pi must be non-decreasing, below len(keys)");
+            goto done;
+        }
+        while (n_probes <= pi[t]) /* a probe key without rows gets an empty block */
+            start[n_probes++] = t;
+    }
+    start[n_probes] = r;
+    for (Py_ssize_t i = 0; i < n_probes; i++) {
+        probes[i].value = by_ord[i].at; /* the key */
+        probes[i].at = i;
+    }
+    qsort(probes, (size_t)n_probes, sizeof(Ranked), compare_ranked);
+    int64_t *lows = views[LOWS].buf, *highs = views[HIGHS].buf, *tags = views[TAGS].buf;
+    Py_ssize_t out = 0;
+    for (Py_ssize_t p = 0; p < n_probes; p++) {
+        Py_ssize_t i = probes[p].at;
+        int64_t key = probes[p].value;
+        for (Py_ssize_t t = start[i]; t < start[i + 1]; t++, out++) {
+            lows[out] = (key << 28) | mj[t];
+            highs[out] = lows[out] | jmax[t];
+            tags[out] = qb[t];
+        }
+    }
+    result = Py_BuildValue("nLKL", r, n_common, (unsigned long long)qtop, q_rest);
+done:
+    for (int v = 0; v < have; v++)
+        PyBuffer_Release(&views[v]);
+    PyMem_Free(keys);
+    PyMem_Free(by_ord);
+    PyMem_Free(probes);
+    PyMem_Free(start);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
@@ -981,6 +1219,12 @@ static PyMethodDef methods[] = {
     {"verify", verify, METH_VARARGS,
      "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
      "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
+    {"rank", rank, METH_VARARGS,
+     "rank(keys, table) -> (keys, values, cum): keys by table value, ties in order, with the values and their running "
+     "sums (see selfinstruct/_overlap.c)."},
+    {"probe_front", probe_front, METH_VARARGS,
+     "probe_front(keys, ord, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest): the "
+     "index ranges of a probe, sorted, and the query's common-key masks (see selfinstruct/_overlap.c)."},
     {"min_shared", min_shared, METH_VARARGS,
      "min_shared(best, eps, n, out) -> None: per text length, the fewest shared keys with which F can reach best "
      "(see selfinstruct/_overlap.c)."},

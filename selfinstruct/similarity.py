@@ -153,6 +153,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
+from itertools import accumulate
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -597,7 +598,7 @@ class _Query:
         self.by_ord: np.ndarray | None = None  # keys, rarest first
         self.ords: np.ndarray | None = None  # their places in the order
         # keys from fewest to most postings, and those counts (the pool does not grow during a query)
-        self.by_df: tuple[list[int], np.ndarray] | None = None
+        self.by_df: tuple[list[int], list[int]] | None = None
         self.cum: list[int] | None = None  # cum[j]: postings of the j + 1 rarest keys
         self._seq: str | tuple[int, ...] | None = None
 
@@ -679,7 +680,8 @@ class _NeedTable:
         if hit is None:
             qb = np.arange(n_keys, self.amin - 1, -1)  # K - i for probe keys i = 0 .. K - amin
             pi, mi = np.nonzero(self._nm[None, :] <= qb[:, None])
-            hit = self._by_k[n_keys] = (pi, self._mj[mi], self._jmax[mi], qb[pi])
+            # contiguous (np.nonzero's may be strided views): the native kernel reads them in place
+            hit = self._by_k[n_keys] = (np.ascontiguousarray(pi), self._mj[mi], self._jmax[mi], qb[pi])
         return hit
 
 
@@ -1192,21 +1194,11 @@ class RougeLIndex:
         n_keys = len(q.keys)
         if n_keys < table.amin:
             return -1.0, -1
-        if q.by_ord is None:
-            ka = np.array(q.keys, dtype=np.int64)
-            ords = self._ord.a[ka]
-            order = np.argsort(ords)
-            q.by_ord, q.ords = ka[order], ords[order]
         # Positional filter (PPJoin): if a text's first shared prefix key is the query's i-th
         # and its own j-th key, every shared key comes at or after both (same global order),
         # so ov <= 1 + min(K-1-i, m-1-j) = min(K-i, m-j). Later hits of a text give smaller
         # values, so the hits with min(K-i, m-j) >= need[m] are exactly the first hits of the
         # texts whose first hit passes: the index returns just those, as ranges of (key, m, j).
-        pi, mj, jmax, qb = table.ranges(n_keys)
-        lows = (q.by_ord[pi] << 28) | mj
-        order = np.argsort(lows)
-        lows = lows[order]
-        highs, tags = lows | jmax[order], qb[order]
         # First bound, from the entries alone, for a text whose first hit this is (query
         # position i, text position j): every shared key lies at or after both. Common keys
         # (C: the most frequent, last in the order) shared: those among the 64 most frequent
@@ -1215,8 +1207,24 @@ class RougeLIndex:
         # when i is a common key (rare keys come first in both orders). Later hits of a text
         # give smaller values, so keeping the hits that pass keeps every text whose first hit
         # passes, with its first few hits.
-        assert q.ords is not None
-        qm, n_common, qtop, q_rest = self._masks(q.ords)
+        pi, mj, jmax, qb = table.ranges(n_keys)
+        if self._native is not None:  # the ranges and masks below in one call
+            lows, highs, tags, qm = (np.empty(len(pi), dtype=np.int64), np.empty(len(pi), dtype=np.int64),
+                                     np.empty(len(pi), dtype=np.int64), np.empty(_COMMON_WORDS, dtype=np.uint64))
+            _, n_common, qtop, q_rest = self._native.probe_front(q.keys, self._ord.a, self._c0, self._c64, pi, mj,
+                                                                 jmax, qb, lows, highs, tags, qm)  # fmt: skip
+        else:
+            if q.by_ord is None:
+                ka = np.array(q.keys, dtype=np.int64)
+                ords = self._ord.a[ka]
+                order = np.argsort(ords)
+                q.by_ord, q.ords = ka[order], ords[order]
+            lows = (q.by_ord[pi] << 28) | mj
+            order = np.argsort(lows)
+            lows = lows[order]
+            highs, tags = lows | jmax[order], qb[order]
+            assert q.ords is not None
+            qm, n_common, qtop, q_rest = self._masks(q.ords)
         n_rare = n_keys - n_common
         first = self._native_hits if self._native is not None else self._first_hits
         doc, qi, j = first(lows, highs, tags, n_keys, n_rare, qtop, q_rest, table, limit)
@@ -1663,18 +1671,22 @@ class RougeLIndex:
                                       room)  # fmt: skip
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
-    def _rarest_first(self, q: _Query) -> tuple[list[int], np.ndarray]:
+    def _rarest_first(self, q: _Query) -> tuple[list[int], list[int]]:
         """The query's keys from fewest to most postings (ties in query order), and those counts."""
         if q.by_df is None:
-            df = self._df.a[q.keys]
-            order = np.argsort(df, kind="stable")
-            q.by_df = [q.keys[i] for i in order.tolist()], df[order]
+            if self._native is not None:
+                keys, df, q.cum = self._native.rank(q.keys, self._df.a)
+                q.by_df = keys, df
+            else:
+                dfa = self._df.a[q.keys]
+                order = np.argsort(dfa, kind="stable").tolist()
+                q.by_df = [q.keys[i] for i in order], dfa[order].tolist()
         return q.by_df
 
     def _cum_postings(self, q: _Query) -> list[int]:
         """Postings of the query's rarest keys: element j counts those of the j + 1 rarest."""
         if q.cum is None:
-            q.cum = np.cumsum(self._rarest_first(q)[1]).tolist()
+            q.cum = list(accumulate(self._rarest_first(q)[1]))
         return q.cum
 
     def _postings_to_read(self, q: _Query, best: float) -> int:

@@ -154,6 +154,63 @@ def test_prefix_probe_kernels_equal_numpy(seed: int, monkeypatch: pytest.MonkeyP
     assert compared["hits"] > 100 and compared["second"] > 50
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_probe_front_equals_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index ranges a probe reads (sorted) and the query's common-key masks: the native
+    kernel's equal numpy's (the lines of _probe it replaces, and _masks), probe after probe of a
+    growing pool: queries hold common keys, among the 64 most frequent and past them."""
+    monkeypatch.setattr(similarity, "_NATIVE_SCAN_MAX", -1)
+    monkeypatch.setattr(similarity, "_NATIVE_FLAT_SCAN_MAX", -1)
+    for name, value in {"_SNAPSHOT_MIN": 8, "_RESNAPSHOT": 2}.items():
+        monkeypatch.setattr(similarity, name, value)
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(rng.randint(80, 160))]  # more than 64 common keys
+    index = similarity.RougeLIndex()
+    index.extend([" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(30)])
+    index.prepare(0.6)
+    native_front = kernel.probe_front
+    compared = 0
+
+    def both(keys: list[int], order: np.ndarray, c0: int, c64: int, pi: np.ndarray, mj: np.ndarray, jmax: np.ndarray,
+             qb: np.ndarray, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, qm: np.ndarray) -> Any:
+        nonlocal compared
+        got = native_front(keys, order, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm)
+        ka = np.array(keys, dtype=np.int64)
+        by_ord = ka[np.argsort(order[ka])]
+        want_lows = (by_ord[pi] << 28) | mj
+        sort = np.argsort(want_lows)
+        assert np.array_equal(lows, want_lows[sort]) and np.array_equal(highs, want_lows[sort] | jmax[sort])
+        assert np.array_equal(tags, qb[sort])
+        want_qm, n_common, top, rest = index._masks(np.sort(order[ka]))
+        assert np.array_equal(qm, want_qm) and got == (len(pi), n_common, top, rest)
+        compared += 1
+        return got
+
+    monkeypatch.setattr(kernel, "probe_front", both)
+    for _ in range(120):
+        query = " ".join(rng.choice(words) for _ in range(rng.randint(1, 14)))
+        index.max_above(query, rng.choice((0.6, 0.7, 0.9)))
+        if rng.random() < 0.5:
+            index.add(query)
+    assert compared > 80
+
+
+def test_rank_orders_keys_like_a_stable_sort() -> None:
+    rng = np.random.default_rng(3)
+    for dtype in (np.int32, np.int64):
+        table = rng.integers(0, 9, 50).astype(dtype)  # many ties
+        for size in (0, 1, 7, 40):
+            keys = rng.choice(50, size, replace=False).tolist()
+            got_keys, values, cum = kernel.rank(keys, table)
+            order = np.argsort(table[keys], kind="stable")
+            assert got_keys == [keys[i] for i in order] and values == table[keys][order].tolist()
+            assert cum == np.cumsum(table[keys][order]).tolist()
+    with pytest.raises(IndexError):
+        kernel.rank([50], table)
+    with pytest.raises(TypeError):
+        kernel.rank([1], table.astype(np.float64))
+
+
 def test_prefix_probe_kernels_refuse_bad_arguments() -> None:
     i64, i32 = np.zeros(4, np.int64), np.zeros(4, np.int32)
     run = (np.full(2, 1 << 18, np.int64), np.zeros(2, np.uint64), np.arange(2, dtype=np.int32))  # length 1, j 0
@@ -183,6 +240,22 @@ def test_prefix_probe_kernels_refuse_bad_arguments() -> None:
                                    np.empty(1, np.int64), np.empty(1, np.int64), np.empty(2, np.int32))  # fmt: skip
 
     assert second() == (1, 0)
+
+    def front(keys: Any = (0, 1), pi: Any = np.array([0, 1], np.int64), qm: Any = np.zeros(4, np.uint64),
+              c0: int = 1) -> Any:
+        out = np.zeros(2, np.int64)
+        return kernel.probe_front(list(keys), np.array([0, 1], np.int64), c0, c0, pi, np.zeros(2, np.int64),
+                                  np.zeros(2, np.int64), np.zeros(2, np.int64), out, out.copy(), out.copy(), qm)
+
+    assert front() == (2, 1, 1, 0)
+    with pytest.raises(IndexError):  # a key past the order
+        front(keys=(0, 5))
+    with pytest.raises(ValueError):  # ranges of a probe key the query does not have
+        front(pi=np.array([0, 2], np.int64))
+    with pytest.raises(ValueError):  # a mask of the wrong width
+        front(qm=np.zeros(3, np.uint64))
+    with pytest.raises(ValueError):  # a place past the common range
+        front(c0=-300)
     with pytest.raises(ValueError):  # a hit on a text past the per-text arrays
         second(doc=np.array([7], np.int32))
     with pytest.raises(ValueError):  # a common-key mask of the wrong width
