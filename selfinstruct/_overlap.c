@@ -1204,6 +1204,53 @@ done:
     return result;
 }
 
+/* seq_of(keys, codes) -> str | None
+ *
+ * The string of code points codes[key] for the keys (Python ints) in order: a text's LCS
+ * sequence (RougeLIndex._seq_of). None when a code is not a valid scalar value (past the last
+ * code point, or a surrogate): the caller builds a tuple then. codes: int64 per key. */
+static PyObject *seq_of(PyObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *codes_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &keys_obj, &codes_obj))
+        return NULL;
+    Py_buffer codes;
+    if (take_buffer(codes_obj, &codes, 0, 8, "seq_of: codes") < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(keys_obj, "seq_of: keys must be a sequence");
+    Py_UCS4 small[256], *chars = small;
+    if (seq == NULL)
+        goto done;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), n_codes = codes.len / 8;
+    if (n > 256 && (chars = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)n)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *code = codes.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long key = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (key == -1 && PyErr_Occurred())
+            goto done;
+        if (key < 0 || key >= n_codes) {
+            PyErr_SetString(PyExc_IndexError, "seq_of: key outside codes");
+            goto done;
+        }
+        int64_t c = code[key];
+        if (c < 0 || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        chars[i] = (Py_UCS4)c;
+    }
+    result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, chars, n);
+done:
+    if (chars != small)
+        PyMem_Free(chars);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&codes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
@@ -1219,6 +1266,8 @@ static PyMethodDef methods[] = {
     {"verify", verify, METH_VARARGS,
      "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
      "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
+    {"seq_of", seq_of, METH_VARARGS,
+     "seq_of(keys, codes) -> str | None: the code points of the keys as a string (see selfinstruct/_overlap.c)."},
     {"rank", rank, METH_VARARGS,
      "rank(keys, table) -> (keys, values, cum): keys by table value, ties in order, with the values and their running "
      "sums (see selfinstruct/_overlap.c)."},

@@ -872,6 +872,10 @@ class RougeLIndex:
 
     def _seq_of(self, keys: list[int]) -> str | tuple[int, ...]:
         """``_seqs_of`` for one text, from Python ints (numpy costs more than the work for ~20 keys)."""
+        if self._native is not None:
+            seq = self._native.seq_of(keys, self._key_code.a)
+            if seq is not None:
+                return seq
         codes = self._code_list
         if len(codes) < self._n_keys:  # the keys made since the last call (codes never change)
             codes.extend(self._key_code.a[len(codes) : self._n_keys].tolist())

@@ -195,6 +195,19 @@ def test_the_probe_front_equals_numpy(seed: int, monkeypatch: pytest.MonkeyPatch
     assert compared > 80
 
 
+def test_seq_of_spells_the_codes_of_the_keys() -> None:
+    codes = np.array([97, 0x10FFFF, 0xE9, 0x4E2D, 0x110000, 0xD800], dtype=np.int64)
+    assert kernel.seq_of([0, 2, 3, 1, 0], codes) == "a\u00e9\u4e2d\U0010ffffa"
+    assert kernel.seq_of([], codes) == ""
+    assert kernel.seq_of([0] * 300, codes) == "a" * 300  # past the stack buffer
+    assert kernel.seq_of([0, 4], codes) is None  # past the last code point: the caller makes a tuple
+    assert kernel.seq_of([5], codes) is None  # a surrogate is no character either
+    with pytest.raises(IndexError):
+        kernel.seq_of([6], codes)
+    with pytest.raises(TypeError):
+        kernel.seq_of([0], codes.astype(np.int32))
+
+
 def test_rank_orders_keys_like_a_stable_sort() -> None:
     rng = np.random.default_rng(3)
     for dtype in (np.int32, np.int64):
