@@ -1251,6 +1251,124 @@ done:
     return result;
 }
 
+/* Appends more[(tid, j)] for j = 2 .. count to keys, stopping at the first the pool lacks. */
+static int occurrence_keys(PyObject *keys, PyObject *more, PyObject *tid, Py_ssize_t count)
+{
+    for (Py_ssize_t j = 2; j <= count; j++) {
+        PyObject *pair = Py_BuildValue("(On)", tid, j);
+        if (pair == NULL)
+            return -1;
+        PyObject *key = PyDict_GetItemWithError(more, pair);
+        Py_DECREF(pair);
+        if (key == NULL)
+            return PyErr_Occurred() ? -1 : 0; /* no pool text has this token j times */
+        if (PyList_Append(keys, key) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+#define QUERY_SMALL 128
+
+/* query_keys(tokens, vocab, more) -> (keys, tids) | None
+ *
+ * RougeLIndex._query's lookups: tids, the known tokens' ids (vocab: token -> id) in token order;
+ * keys, each distinct id once in order of first occurrence, then for each repeated id (same
+ * order) its occurrence keys more[(id, k)] for k = 2, 3 ... while the pool has one. None when no
+ * token is known. Without repeats keys is tids (the same list). */
+static PyObject *query_keys(PyObject *self, PyObject *args)
+{
+    PyObject *toks_obj, *vocab, *more;
+    if (!PyArg_ParseTuple(args, "OO!O!", &toks_obj, &PyDict_Type, &vocab, &PyDict_Type, &more))
+        return NULL;
+    PyObject *toks = PySequence_Fast(toks_obj, "query_keys: tokens must be a sequence");
+    if (toks == NULL)
+        return NULL;
+    PyObject *tids = NULL, *keys = NULL, *seen = NULL, *result = NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(toks);
+    if ((tids = PyList_New(0)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *tid = PyDict_GetItemWithError(vocab, PySequence_Fast_GET_ITEM(toks, i)); /* borrowed */
+        if (tid == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            continue;
+        }
+        if (PyList_Append(tids, tid) < 0)
+            goto done;
+    }
+    const Py_ssize_t k = PyList_GET_SIZE(tids);
+    if (k == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* Distinct ids in order of first occurrence, and their counts. A token's id is one object
+     * (vocab's value), so ids compare by identity; a dict past QUERY_SMALL tokens. */
+    Py_ssize_t n_distinct = 0;
+    PyObject *small_ids[QUERY_SMALL];
+    Py_ssize_t small_counts[QUERY_SMALL];
+    if (k <= QUERY_SMALL) {
+        for (Py_ssize_t i = 0; i < k; i++) {
+            PyObject *tid = PyList_GET_ITEM(tids, i);
+            Py_ssize_t d = 0;
+            while (d < n_distinct && small_ids[d] != tid)
+                d++;
+            if (d == n_distinct) {
+                small_ids[n_distinct] = tid;
+                small_counts[n_distinct++] = 1;
+            } else {
+                small_counts[d]++;
+            }
+        }
+        if (n_distinct == k) {
+            result = PyTuple_Pack(2, tids, tids);
+            goto done;
+        }
+        if ((keys = PyList_New(n_distinct)) == NULL)
+            goto done;
+        for (Py_ssize_t d = 0; d < n_distinct; d++)
+            PyList_SET_ITEM(keys, d, Py_NewRef(small_ids[d]));
+        for (Py_ssize_t d = 0; d < n_distinct; d++)
+            if (small_counts[d] > 1 && occurrence_keys(keys, more, small_ids[d], small_counts[d]) < 0)
+                goto done;
+    } else {
+        if ((seen = PyDict_New()) == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            PyObject *tid = PyList_GET_ITEM(tids, i), *count = PyDict_GetItemWithError(seen, tid);
+            if (count == NULL && PyErr_Occurred())
+                goto done;
+            PyObject *next = PyLong_FromSsize_t(count == NULL ? 1 : PyLong_AsSsize_t(count) + 1);
+            if (next == NULL || PyDict_SetItem(seen, tid, next) < 0) {
+                Py_XDECREF(next);
+                goto done;
+            }
+            Py_DECREF(next);
+        }
+        if (PyDict_GET_SIZE(seen) == k) {
+            result = PyTuple_Pack(2, tids, tids);
+            goto done;
+        }
+        if ((keys = PyDict_Keys(seen)) == NULL)
+            goto done;
+        PyObject *tid, *count;
+        Py_ssize_t at = 0;
+        while (PyDict_Next(seen, &at, &tid, &count)) {
+            Py_ssize_t c = PyLong_AsSsize_t(count);
+            if (c > 1 && occurrence_keys(keys, more, tid, c) < 0)
+                goto done;
+        }
+    }
+    result = PyTuple_Pack(2, keys, tids);
+done:
+    Py_XDECREF(seen);
+    Py_XDECREF(keys);
+    Py_XDECREF(tids);
+    Py_DECREF(toks);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
@@ -1266,6 +1384,9 @@ static PyMethodDef methods[] = {
     {"verify", verify, METH_VARARGS,
      "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
      "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
+    {"query_keys", query_keys, METH_VARARGS,
+     "query_keys(tokens, vocab, more) -> (keys, tids) | None: a query's known token ids and keys (see "
+     "selfinstruct/_overlap.c)."},
     {"seq_of", seq_of, METH_VARARGS,
      "seq_of(keys, codes) -> str | None: the code points of the keys as a string (see selfinstruct/_overlap.c)."},
     {"rank", rank, METH_VARARGS,

@@ -1091,6 +1091,9 @@ class RougeLIndex:
         toks = self.tokens(text)
         if not toks or not self._n:
             return None
+        if self._native is not None:
+            found = self._native.query_keys(toks, self._vocab, self._more)
+            return None if found is None else _Query(len(toks), *found)
         vocab = self._vocab
         tids = [t for t in map(vocab.get, toks) if t is not None]
         if not tids:

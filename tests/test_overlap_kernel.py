@@ -195,6 +195,33 @@ def test_the_probe_front_equals_numpy(seed: int, monkeypatch: pytest.MonkeyPatch
     assert compared > 80
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_query_keys_equal_the_python_lookups(seed: int) -> None:
+    """Known token ids and keys (occurrence keys of repeated tokens while the pool has them), as
+    RougeLIndex._query computes them without the kernel: short queries and long ones (past the
+    kernel's small-query path), with and without repeats and unknown words."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    index = similarity.RougeLIndex()
+    index.extend([" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(60)])
+    index.add(" ".join(["w1"] * 200))  # occurrence keys of w1 up to 200
+    for _ in range(200):
+        size = rng.choice((rng.randint(0, 12), rng.randint(100, 300)))
+        text = " ".join(rng.choice(words + ["unknown", "w1"]) for _ in range(size))
+        index._last_tokens = ("", [])
+        native = index._query(text)
+        index._native = None
+        try:
+            index._last_tokens = ("", [])
+            python = index._query(text)
+        finally:
+            del index._native  # the class's kernel again
+        if python is None:
+            assert native is None
+            continue
+        assert native is not None and (native.n, native.keys, native.tids) == (python.n, python.keys, python.tids)
+
+
 def test_seq_of_spells_the_codes_of_the_keys() -> None:
     codes = np.array([97, 0x10FFFF, 0xE9, 0x4E2D, 0x110000, 0xD800], dtype=np.int64)
     assert kernel.seq_of([0, 2, 3, 1, 0], codes) == "a\u00e9\u4e2d\U0010ffffa"
