@@ -1693,7 +1693,9 @@ class RougeLIndex:
     def _cum_postings(self, q: _Query) -> list[int]:
         """Postings of the query's rarest keys: element j counts those of the j + 1 rarest."""
         if q.cum is None:
-            q.cum = list(accumulate(self._rarest_first(q)[1]))
+            counts = self._rarest_first(q)[1]
+            if q.cum is None:  # (the kernel's rank() fills it in with the order)
+                q.cum = list(accumulate(counts))
         return q.cum
 
     def _postings_to_read(self, q: _Query, best: float) -> int:
