@@ -33,6 +33,8 @@ before's, and vs ``rouge-score`` brute force on a sample for pools up to 52k.
     python benchmarks/bench_similarity.py --quick   # 10k instructions and sentences: ~1 min
     python benchmarks/bench_similarity.py           # instructions 52k, sentences 20k: ~6 min
     python benchmarks/bench_similarity.py --big     # adds instructions 1M (an hour to build once)
+    python benchmarks/bench_similarity.py --rounds 2  # before, after, before, after: a machine whose
+                                                     # speed drifts shows as a spread between rounds
 """
 
 from __future__ import annotations
@@ -376,6 +378,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="where built pools are kept")
     ap.add_argument("--before", metavar="REV", help="before = the whole package at this git revision (built with its"
                     f" native kernel, if any) instead of {BASELINE_COMMIT}'s similarity.py and judge.py")
+    ap.add_argument("--rounds", type=int, default=1, help="run before and after this many times each, alternating")
     ap.add_argument("--versions", default="before,after", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # kind size version ref_file
     args = ap.parse_args()
@@ -406,7 +409,7 @@ def main() -> None:
             env["before"]["SELFINSTRUCT_CODE"] = str(package_at(args.before, Path(tmp) / "before-code"))
         for kind, size in runs:
             ref = Path(tmp) / f"ref-{kind}-{size}.json"
-            for version in args.versions.split(","):
+            for round_, version in [(r, v) for r in range(1, args.rounds + 1) for v in args.versions.split(",")]:
                 cmd = [sys.executable, __file__, "--child", kind, str(size), version, str(ref),
                        "--cache", args.cache, "--data", str(data), "--queries", str(args.queries),
                        "--brute", str(args.brute), *(["--before", args.before] if args.before else [])]  # fmt: skip
@@ -414,7 +417,9 @@ def main() -> None:
                 cwd = env[version].get("SELFINSTRUCT_CODE", str(ROOT))
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env[version], cwd=cwd).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
-                print(f"done {kind} {size:,} {version}", file=sys.stderr, flush=True)
+                if args.rounds > 1:
+                    rows[-1]["version"] = f"{version}, round {round_}"
+                print(f"done {kind} {size:,} {rows[-1]['version']}", file=sys.stderr, flush=True)
     report(rows)
 
 
