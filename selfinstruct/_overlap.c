@@ -56,6 +56,23 @@ static int take_buffers(const Wanted *wanted, int n, Py_buffer *views)
     return have;
 }
 
+/* A contiguous array of native int32 or int64 items (its format says so: a float64 or uint32
+ * array of the same width is refused); -1 with an exception set otherwise. */
+static int take_int_array(PyObject *obj, Py_buffer *view, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '=' || *f == '@' || *f == (PY_LITTLE_ENDIAN ? '<' : '>')) /* native order only */
+        f++;
+    if (!((view->itemsize == 4 || view->itemsize == 8) && (*f == 'i' || *f == 'l' || *f == 'q') && f[1] == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int32 or int64 array", what);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 /* First index in ids[0:len] (ascending) holding a value >= x. */
 static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
 {
@@ -862,16 +879,10 @@ static PyObject *verify(PyObject *self, PyObject *args)
     if (as_rf_string(query, &qstr) < 0)
         return NULL;
     Py_buffer ids_view, ub_view = {0}, lens_view;
-    if (PyObject_GetBuffer(ids_obj, &ids_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+    if (take_int_array(ids_obj, &ids_view, "verify: ids") < 0)
         return NULL;
     PyObject *result = NULL;
     int have_ub = 0, have_lens = 0;
-    const char *format = ids_view.format != NULL ? ids_view.format : "B";
-    char code = format[strlen(format) - 1]; /* past any byte-order prefix */
-    if ((ids_view.itemsize != 4 && ids_view.itemsize != 8) || (code != 'i' && code != 'l' && code != 'q')) {
-        PyErr_SetString(PyExc_TypeError, "verify: ids must be an int32 or int64 array");
-        goto done;
-    }
     Py_ssize_t count = ids_view.len / ids_view.itemsize;
     if (ub_obj != Py_None) {
         if (take_buffer(ub_obj, &ub_view, 0, 8, "verify: ub") < 0)
@@ -1017,21 +1028,6 @@ static int table_value(const Py_buffer *table, int64_t key, int64_t *value)
     return 0;
 }
 
-static int take_table(PyObject *obj, Py_buffer *view, const char *what)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
-        return -1;
-    const char *f = view->format ? view->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@')
-        f++;
-    if (!((view->itemsize == 4 || view->itemsize == 8) && (*f == 'i' || *f == 'l' || *f == 'q') && f[1] == 0)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected an int32 or int64 array", what);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
-
 /* rank(keys, table) -> (keys, values, cum)
  *
  * The keys (Python ints) ordered by table[key] ascending, ties in the given order; their values
@@ -1043,7 +1039,7 @@ static PyObject *rank(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO", &keys_obj, &table_obj))
         return NULL;
     Py_buffer table;
-    if (take_table(table_obj, &table, "rank: table") < 0)
+    if (take_int_array(table_obj, &table, "rank: table") < 0)
         return NULL;
     Py_ssize_t n = 0;
     int64_t *keys = int64s_of(keys_obj, &n, "rank: keys must be a sequence");

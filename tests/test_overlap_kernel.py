@@ -374,6 +374,9 @@ def test_native_verify_refuses_bad_arguments() -> None:
         kernel.verify("ab", seqs, np.array([0.0]), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(TypeError):  # unsigned
         kernel.verify("ab", seqs, np.array([0], dtype=np.uint32), None, lens, 2, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(TypeError):  # integers in the other byte order: id 1 would read as 2**56
+        kernel.verify("ab", seqs, np.array([1], dtype=np.dtype(np.int64).newbyteorder()), None, lens, 2, inf, inf,
+                      1e-9, -1.0, -1)  # fmt: skip
     with pytest.raises(ValueError):
         kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), np.array([1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):
