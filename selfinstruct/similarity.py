@@ -1679,23 +1679,23 @@ class RougeLIndex:
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
     def _rarest_first(self, q: _Query) -> tuple[list[int], list[int]]:
-        """The query's keys from fewest to most postings (ties in query order), and those counts."""
+        """The query's keys from fewest to most postings (ties in query order), and those counts
+        (and, in ``q.cum``, their running sums)."""
         if q.by_df is None:
             if self._native is not None:
                 keys, df, q.cum = self._native.rank(q.keys, self._df.a)
-                q.by_df = keys, df
             else:
                 dfa = self._df.a[q.keys]
                 order = np.argsort(dfa, kind="stable").tolist()
-                q.by_df = [q.keys[i] for i in order], dfa[order].tolist()
+                keys, df = [q.keys[i] for i in order], dfa[order].tolist()
+                q.cum = list(accumulate(df))
+            q.by_df = keys, df
         return q.by_df
 
     def _cum_postings(self, q: _Query) -> list[int]:
         """Postings of the query's rarest keys: element j counts those of the j + 1 rarest."""
-        if q.cum is None:
-            counts = self._rarest_first(q)[1]
-            if q.cum is None:  # (the kernel's rank() fills it in with the order)
-                q.cum = list(accumulate(counts))
+        self._rarest_first(q)
+        assert q.cum is not None  # set with the order
         return q.cum
 
     def _postings_to_read(self, q: _Query, best: float) -> int:
