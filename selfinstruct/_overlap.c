@@ -852,20 +852,76 @@ static inline double fmeasure(size_t lcs, int64_t n, int64_t m)
     return 2 * precision * recall / (precision + recall);
 }
 
-/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id)
+/* An id array of int32 or int64 items. */
+typedef struct {
+    const void *data;
+    int narrow;
+} IdsOf;
+
+static inline int64_t id_at(const IdsOf *ids, Py_ssize_t k)
+{
+    return ids->narrow ? ((const int32_t *)ids->data)[k] : ((const int64_t *)ids->data)[k];
+}
+
+/* A binary heap of positions into ub and ids: the top has the highest bound, the lowest id
+ * among equal bounds. */
+typedef struct {
+    const double *ub;
+    const IdsOf *ids;
+    Py_ssize_t *heap;
+    Py_ssize_t size;
+} Ranking;
+
+static inline int ranks_before(const Ranking *r, Py_ssize_t a, Py_ssize_t b)
+{
+    return r->ub[a] > r->ub[b] || (r->ub[a] == r->ub[b] && id_at(r->ids, a) < id_at(r->ids, b));
+}
+
+static void sift_down(Ranking *r, Py_ssize_t at)
+{
+    Py_ssize_t *h = r->heap, moving = h[at];
+    for (;;) {
+        Py_ssize_t child = 2 * at + 1;
+        if (child >= r->size)
+            break;
+        if (child + 1 < r->size && ranks_before(r, h[child + 1], h[child]))
+            child++;
+        if (!ranks_before(r, h[child], moving))
+            break;
+        h[at] = h[child];
+        at = child;
+    }
+    h[at] = moving;
+}
+
+static Py_ssize_t pop_top(Ranking *r)
+{
+    Py_ssize_t top = r->heap[0];
+    r->heap[0] = r->heap[--r->size];
+    if (r->size > 0)
+        sift_down(r, 0);
+    return top;
+}
+
+/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked]) -> (best, best_id)
  *
  * Scores texts ids[0], ids[1], ... (int32 or int64) against the query: F from the LCS of
  * query and seqs[i] (one character per token) and the lengths n and lens[i]. Returns at once the
  * first (F, id) with F > stop_above. Otherwise raises (best, best_id) -- the highest F, the
  * smallest id on ties -- and returns it; once best > cut_above, stops at the first k with
- * ub[k] < best - eps (ub: float64 upper bounds, descending; None: no cut). */
+ * ub[k] < best - eps (ub: float64 upper bounds, descending; None: no cut).
+ *
+ * ranked=True: ub need not be sorted; the texts are taken in descending ub, ascending id among
+ * equal bounds (the order np.lexsort((ids, -ub)) gives), through a heap, so that a long list
+ * cut after a few texts is not sorted whole. */
 static PyObject *verify(PyObject *self, PyObject *args)
 {
     PyObject *query, *seqs, *ids_obj, *ub_obj, *lens_obj;
     long long n, best_id;
     double stop_above, cut_above, eps, best;
-    if (!PyArg_ParseTuple(args, "OO!OOOLddddL", &query, &PyList_Type, &seqs, &ids_obj, &ub_obj, &lens_obj, &n,
-                          &stop_above, &cut_above, &eps, &best, &best_id))
+    int ranked = 0;
+    if (!PyArg_ParseTuple(args, "OO!OOOLddddL|p", &query, &PyList_Type, &seqs, &ids_obj, &ub_obj, &lens_obj, &n,
+                          &stop_above, &cut_above, &eps, &best, &best_id, &ranked))
         return NULL;
     if (lcs_scorer == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "verify: bind_lcs() did not succeed");
@@ -883,6 +939,7 @@ static PyObject *verify(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     int have_ub = 0, have_lens = 0;
+    Ranking rank = {NULL, NULL, NULL, 0};
     Py_ssize_t count = ids_view.len / ids_view.itemsize;
     if (ub_obj != Py_None) {
         if (take_buffer(ub_obj, &ub_view, 0, 8, "verify: ub") < 0)
@@ -899,6 +956,25 @@ static PyObject *verify(PyObject *self, PyObject *args)
     const int32_t *lens = lens_view.buf;
     Py_ssize_t n_lens = lens_view.len / 4, n_seqs = PyList_GET_SIZE(seqs);
     const double *ub = have_ub ? ub_view.buf : NULL;
+    IdsOf ids = {ids_view.buf, ids_view.itemsize == 4};
+    if (ranked && ub == NULL) {
+        PyErr_SetString(PyExc_ValueError, "verify: ranked needs ub");
+        goto done;
+    }
+    rank.ub = ub;
+    rank.ids = &ids;
+    if (ranked && count > 1) {
+        rank.heap = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)count);
+        if (rank.heap == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < count; k++)
+            rank.heap[k] = k;
+        rank.size = count;
+        for (Py_ssize_t k = count / 2; k-- > 0;)
+            sift_down(&rank, k);
+    }
 
     RfKwargs kwargs = {NULL, NULL};
     RfScorerFunc scorer = {0};
@@ -910,10 +986,11 @@ static PyObject *verify(PyObject *self, PyObject *args)
         goto done;
     }
     int failed = 0;
-    for (Py_ssize_t k = 0; k < count; k++) {
+    for (Py_ssize_t step = 0; step < count; step++) {
+        Py_ssize_t k = rank.heap != NULL ? pop_top(&rank) : step;
         if (ub != NULL && best > cut_above && ub[k] < best - eps)
             break;
-        int64_t i = ids_view.itemsize == 4 ? ((const int32_t *)ids_view.buf)[k] : ((const int64_t *)ids_view.buf)[k];
+        int64_t i = id_at(&ids, k);
         if (i < 0 || i >= n_seqs || i >= n_lens) {
             PyErr_SetString(PyExc_IndexError, "verify: an id outside seqs or lens");
             failed = 1;
@@ -943,6 +1020,7 @@ static PyObject *verify(PyObject *self, PyObject *args)
     if (!failed)
         result = Py_BuildValue("dL", best, best_id);
 done:
+    PyMem_Free(rank.heap);
     PyBuffer_Release(&ids_view);
     if (have_ub)
         PyBuffer_Release(&ub_view);
@@ -975,6 +1053,54 @@ static PyObject *min_shared(PyObject *self, PyObject *args)
     }
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
+}
+
+/* min_lcs_above(t, n, x, big, out) -> None
+ *
+ * similarity._min_lcs_above(t, n, arange(len(x)), x) into out (int64, one per length m): the
+ * smallest l <= min(n, m) whose float F(l, n, m) is > t, else big; n < 0 stands for n = l. x is
+ * the real solution of F = t for each m, and the float F is tried on floor(x) - 1 ... floor(x) + 2,
+ * with the same float operations in the same order as numpy's there. */
+static PyObject *min_lcs_above(PyObject *self, PyObject *args)
+{
+    double t;
+    long long n, big;
+    PyObject *x_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "dLOLO", &t, &n, &x_obj, &big, &out_obj))
+        return NULL;
+    Wanted wanted[] = {{x_obj, 0, 8, "min_lcs_above: x"}, {out_obj, 1, 8, "min_lcs_above: out"}};
+    Py_buffer views[2];
+    int have = take_buffers(wanted, 2, views);
+    PyObject *result = NULL;
+    if (have < 2)
+        goto done;
+    Py_ssize_t len = views[0].len / 8;
+    if (views[1].len / 8 != len) {
+        PyErr_SetString(PyExc_ValueError, "min_lcs_above: out and x differ in length");
+        goto done;
+    }
+    const double *x = views[0].buf;
+    int64_t *out = views[1].buf;
+    for (Py_ssize_t m = 0; m < len; m++) {
+        int64_t base = (int64_t)floor(x[m]) - 1;
+        out[m] = big;
+        for (int d = 0; d < 4; d++) {  /* the smallest passing l: the first from below */
+            int64_t l = base + d, nn = n < 0 ? l : n;
+            if (l < 1 || l > (nn < m ? nn : m))
+                continue;
+            double lf = (double)l, p = lf / (double)nn, r = lf / (double)m;
+            if (2 * p * r / (p + r) > t) {
+                out[m] = l;
+                break;
+            }
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < have; i++)
+        PyBuffer_Release(&views[i]);
+    return result;
 }
 
 /* Sequence of Python ints -> int64 array (PyMem); NULL with an exception set. */
@@ -1378,7 +1504,8 @@ static PyMethodDef methods[] = {
     {"bind_lcs", bind_lcs, METH_O,
      "bind_lcs(rapidfuzz.distance.LCSseq.similarity) -> bool: whether verify() can call that scorer natively."},
     {"verify", verify, METH_VARARGS,
-     "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id) -> (best, best_id): exact ROUGE-L F "
+     "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked]) -> (best, best_id): "
+     "exact ROUGE-L F "
      "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
     {"query_keys", query_keys, METH_VARARGS,
      "query_keys(tokens, vocab, more) -> (keys, tids) | None: a query's known token ids and keys (see "
@@ -1391,6 +1518,9 @@ static PyMethodDef methods[] = {
     {"probe_front", probe_front, METH_VARARGS,
      "probe_front(keys, ord, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest): the "
      "index ranges of a probe, sorted, and the query's common-key masks (see selfinstruct/_overlap.c)."},
+    {"min_lcs_above", min_lcs_above, METH_VARARGS,
+     "min_lcs_above(t, n, x, big, out) -> None: per text length, the smallest LCS whose F exceeds t "
+     "(see selfinstruct/_overlap.c)."},
     {"min_shared", min_shared, METH_VARARGS,
      "min_shared(best, eps, n, out) -> None: per text length, the fewest shared keys with which F can reach best "
      "(see selfinstruct/_overlap.c)."},

@@ -993,7 +993,17 @@ class RougeLIndex:
         """Per length m: the fewest shared keys with which a text of m tokens can exceed t."""
         ms = np.arange(self._max_len + 1, dtype=np.int64)
         # F(l, n=l, m) = 2l / (l + m) > t  <=>  l > m t / (2 - t)
-        return _min_lcs_above(t, None, ms, ms * (t / (2 - t)))
+        return self._min_lcs_by_length(t, None, ms * (t / (2 - t)))
+
+    def _min_lcs_by_length(self, t: float, n: int | None, x: np.ndarray) -> np.ndarray:
+        """_min_lcs_above for the lengths 0 .. len(x) - 1, in the native kernel when there is one
+        (numpy's two dozen passes over the lengths cost ~40 us a table, and tables are built per
+        query length and bar)."""
+        if self._native is None:
+            return _min_lcs_above(t, n, np.arange(len(x), dtype=np.int64), x)
+        out = np.empty(len(x), dtype=np.int64)
+        self._native.min_lcs_above(t, -1 if n is None else n, x, _BIG, out)
+        return out
 
     def _build_prefix(self, t: float) -> None:
         """Snapshot the key order and build the decision index for threshold t (chunked)."""
@@ -1062,7 +1072,7 @@ class RougeLIndex:
             if len(self._need_cache) > 4096:  # raised bars (seeds) vary: keep the cache bounded
                 self._need_cache.clear()
             ms = np.arange(self._max_len + 1, dtype=np.int64)
-            hit = self._need_cache[(n, t)] = _NeedTable(_min_lcs_above(t, n, ms, (ms + n) * (t / 2)))
+            hit = self._need_cache[(n, t)] = _NeedTable(self._min_lcs_by_length(t, n, (ms + n) * (t / 2)))
         return hit
 
     def _masks(self, sorted_ords: np.ndarray) -> tuple[np.ndarray, int, int, int]:
@@ -1363,21 +1373,21 @@ class RougeLIndex:
         """Verify ``cand`` (overlaps at most ``ov``, lengths ``m``) most promising first, raising
         (best, best_id): stops at the first F > t unless exhaustive; when nothing exceeds t,
         the ``runners`` (texts that could not) are scored too, as a bar for the nearest."""
-        ub = None
-        if len(cand) > 1:
-            ub = 2 * ov / (m + q.n)
-            order = np.lexsort((cand, -ub))  # ascending ids among equal bounds
-            cand, ub = cand[order], ub[order]
+        ub = 2 * ov / (m + q.n) if len(cand) > 1 else None
         native = self._native_verifier()
         if native is not None:
             # The same loop in C: stop at the first F > t, or cut what is bounded below the best.
+            # It takes the texts in the order below itself (a heap: no sort of a long list).
             qs = self._qseq(q)
             best, best_id = native.verify(qs, self._seqs, cand, ub, self._lens.a, q.n, _INF if exhaustive else t,
-                                          t if exhaustive else _INF, _EPS, best, best_id)  # fmt: skip
+                                          t if exhaustive else _INF, _EPS, best, best_id, ub is not None)  # fmt: skip
             if runners and best <= t:
                 best, best_id = native.verify(qs, self._seqs, np.array(runners, dtype=np.int64), None, self._lens.a,
                                               q.n, _INF, _INF, _EPS, best, best_id)  # fmt: skip
             return best, best_id
+        if ub is not None:
+            order = np.lexsort((cand, -ub))  # ascending ids among equal bounds
+            cand, ub = cand[order], ub[order]
         ids_all = cand.tolist()
         ub_list = ub.tolist() if ub is not None else [1.0] * len(cand)
         start, chunk = 0, _VERIFY_CHUNK
@@ -1640,12 +1650,13 @@ class RougeLIndex:
                         best_id: int) -> tuple[float, int]:  # fmt: skip
         """Raise (best, best_id) with the texts ``cand``, whose F is at most ``ub``: scored in
         descending bound order, in growing chunks, until no bound left reaches best."""
-        order = np.argsort(-ub, kind="stable")
         native = self._native_verifier()
-        if native is not None:  # the loop below in C, cutting after each text rather than each chunk
-            f, i = native.verify(self._qseq(q), self._seqs, cand[order], ub[order], self._lens.a, q.n, _INF, -_INF,
-                                 _EPS, best, best_id)  # fmt: skip
+        if native is not None:  # the loop below in C, cutting after each text rather than each chunk,
+            # taking the texts off a heap (most are cut: sorting them all cost more than scoring)
+            f, i = native.verify(self._qseq(q), self._seqs, cand, ub, self._lens.a, q.n, _INF, -_INF,
+                                 _EPS, best, best_id, True)  # fmt: skip
             return f, i
+        order = np.argsort(-ub, kind="stable")
         cand, neg_ub = cand[order], -ub[order]
         start, chunk = 0, _FIRST_CHUNK
         while start < len(cand):

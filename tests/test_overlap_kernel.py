@@ -358,6 +358,30 @@ def test_native_verify_equals_the_python_loop(seed: int) -> None:
         assert kernel.verify(q, seqs, ids, None, lens, len(q), inf, inf, 1e-9, -1.0, -1) == (f, -neg_i)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_ranked_verify_takes_the_texts_in_lexsort_order(seed: int) -> None:
+    """ranked=True takes unsorted bounds and visits the texts as np.lexsort((ids, -ub)) orders them
+    (highest bound first, lowest id among equal ones): the same (F, id) as the sorted call, for
+    every way of stopping. The bounds here are arbitrary, with many ties, so that any other order
+    stops elsewhere and shows."""
+    if not similarity._NATIVE_LCS:
+        pytest.skip("the native kernel cannot call this rapidfuzz")
+    rng = random.Random(seed)
+    seqs = ["".join(rng.choice("abcde") for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    lens = np.array([len(x) for x in seqs], dtype=np.int32)
+    inf = float("inf")
+    for _ in range(30):
+        q = "".join(rng.choice("abcde") for _ in range(rng.randint(1, 30)))
+        ids = np.array(rng.sample(range(300), rng.randint(2, 250)), dtype=rng.choice([np.int32, np.int64]))
+        ub = np.array([rng.choice([0.2, 0.4, 0.5, 0.6, 0.8, 1.0]) for _ in ids])
+        order = np.lexsort((ids, -ub))
+        for stop_above, cut_above, best, best_id in [(inf, -inf, -1.0, -1), (0.5, inf, -1.0, -1), (inf, 0.3, -1.0, -1),
+                                                     (inf, -inf, 0.45, 299)]:  # fmt: skip
+            args = (len(q), stop_above, cut_above, 1e-9, best, best_id)
+            expected = kernel.verify(q, seqs, ids[order], ub[order], lens, *args)
+            assert kernel.verify(q, seqs, ids, ub, lens, *args, True) == expected
+
+
 def test_native_verify_refuses_bad_arguments() -> None:
     if not similarity._NATIVE_LCS:
         pytest.skip("the native kernel cannot call this rapidfuzz")
@@ -381,6 +405,26 @@ def test_native_verify_refuses_bad_arguments() -> None:
         kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), np.array([1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):
         kernel.verify("", seqs, np.array([0], dtype=np.int64), None, lens, 0, inf, inf, 1e-9, -1.0, -1)
+    with pytest.raises(ValueError):  # ranked: by the bounds, which must be there
+        kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1, True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_lcs_above_equals_numpy(seed: int) -> None:
+    """The native smallest-LCS-above-t table equals _min_lcs_above's numpy one, for a given query
+    length and for n = l, at thresholds on and next to exact fractions."""
+    rng = random.Random(seed)
+    for _ in range(1500):
+        t = rng.choice([rng.random(), round(rng.random(), 2), 0.7, 0.55, 2 / 3, 0.5, 1e-9, 0.999999])
+        t = rng.choice([t, float(np.nextafter(t, -1.0)), float(np.nextafter(t, 2.0))])
+        ms = np.arange(rng.randint(1, 400), dtype=np.int64)
+        for n in (None, rng.randint(1, 400)):
+            x = ms * (t / (2 - t)) if n is None else (ms + n) * (t / 2)
+            native = np.empty(len(ms), dtype=np.int64)
+            kernel.min_lcs_above(t, -1 if n is None else n, x, similarity._BIG, native)
+            assert np.array_equal(native, similarity._min_lcs_above(t, n, ms, x)), (t, n)
+    with pytest.raises(ValueError):
+        kernel.min_lcs_above(0.7, 5, np.zeros(3), similarity._BIG, np.empty(4, dtype=np.int64))
 
 
 @pytest.mark.parametrize("seed", range(5))
