@@ -348,10 +348,11 @@ static Py_ssize_t gallop(const int64_t *a, Py_ssize_t lo, Py_ssize_t n, int64_t 
 /* The first bound of a prefix-index entry (see RougeLIndex._probe): whether the text whose first
  * shared prefix key this entry is can still share need[m] keys with the query. */
 typedef struct {
-    int64_t n_keys, n_rare, q_rest, limit, n_need, n_lens;
+    int64_t n_keys, n_rare, q_rest, limit, n_need, n_lens, n_span;
     uint64_t qtop;
     const int64_t *need;
     const int32_t *lens;
+    const int64_t *span_need, *span_jmax; /* NULL: the ranges are the need table's own */
     int capped, bad;
 } Bound;
 
@@ -361,6 +362,12 @@ static inline __attribute__((always_inline)) int first_bound(Bound *b, int64_t c
     if (doc < 0 || doc >= b->limit)
         return 0;
     int64_t rest = comp & 1023, j = (comp >> 10) & 255, m;
+    if (b->span_need != NULL) {
+        /* A span covers a probe key's lengths whole: keep only what one of its ranges holds. */
+        int64_t bucket = (comp >> 18) & 1023;
+        if (bucket >= b->n_span || j > b->span_jmax[bucket] || b->span_need[bucket] > qb)
+            return 0;
+    }
     if (b->capped) {
         if (doc >= b->n_lens) {
             b->bad = 1;
@@ -425,22 +432,39 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
     total += s->sizes[n_runs];
     if (total > s->capacity)
         return -total - 1;
+    /* A local copy: the out arrays could alias the bound's fields, which would be reloaded from
+     * memory after every store otherwise. */
+    Bound b = s->b;
+    int32_t *out_doc = s->out_doc;
+    int64_t *out_qi = s->out_qi, *out_j = s->out_j;
     for (Py_ssize_t r = 0; r < n_runs; r++) {
         const int64_t *comp = s->comps[r];
         const uint64_t *top = s->tops[r];
         const int32_t *doc = s->docs[r];
-        for (Py_ssize_t i = 0; i < n_ranges; i++)
-            for (Py_ssize_t x = bounds[2 * (r * n_ranges + i)], e = bounds[2 * (r * n_ranges + i) + 1]; x < e; x++)
-                if (first_bound(&s->b, comp[x], top[x], doc[x], tags[i], &s->out_qi[k], &s->out_j[k]))
-                    s->out_doc[k++] = doc[x];
+        for (Py_ssize_t i = 0; i < n_ranges; i++) {
+            const int64_t tag = tags[i];
+            for (Py_ssize_t x = bounds[2 * (r * n_ranges + i)], e = bounds[2 * (r * n_ranges + i) + 1]; x < e; x++) {
+                int64_t qi, j;
+                if (first_bound(&b, comp[x], top[x], doc[x], tag, &qi, &j)) {
+                    out_qi[k] = qi;
+                    out_j[k] = j;
+                    out_doc[k++] = doc[x];
+                }
+            }
+        }
     }
     const int64_t *sc = s->comps[n_runs];
     for (Py_ssize_t x = 0; x < s->sizes[n_runs]; x++) {
         Py_ssize_t i = gallop(lows, 0, n_ranges, sc[x], 1) - 1; /* the last range starting at or before it */
+        int64_t qi, j;
         if (i >= 0 && sc[x] <= highs[i] &&
-            first_bound(&s->b, sc[x], s->tops[n_runs][x], s->docs[n_runs][x], tags[i], &s->out_qi[k], &s->out_j[k]))
-            s->out_doc[k++] = s->docs[n_runs][x];
+            first_bound(&b, sc[x], s->tops[n_runs][x], s->docs[n_runs][x], tags[i], &qi, &j)) {
+            out_qi[k] = qi;
+            out_j[k] = j;
+            out_doc[k++] = s->docs[n_runs][x];
+        }
     }
+    s->b.bad = b.bad;
     return k;
 }
 
@@ -460,7 +484,7 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
 WITH_POPCNT(run_scan, Scan, scan_hits)
 
 /* prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit,
- *             out_doc, out_qi, out_j) -> k
+ *             out_doc, out_qi, out_j[, span_need, span_jmax]) -> k
  *
  * The lookup and first bound of RougeLIndex._probe in one pass. runs: (comp int64, top uint64,
  * doc int32) triples, each sorted by comp; small: one more triple, unsorted. lows, highs (int64)
@@ -471,16 +495,28 @@ WITH_POPCNT(run_scan, Scan, scan_hits)
  * receive the kept entries' text, query position and text position. Returns k, the number kept,
  * or -(entries in the ranges) - 1 when the out arrays are shorter than that: nothing is written,
  * call again with longer ones.
+ *
+ * With span_need and span_jmax (int64, one per length bucket m of the entries' comp): each range
+ * is a span, one per probe key, covering all of its lengths; an entry counts as in it only when
+ * span_need[m] <= its tag and its j <= span_jmax[m], i.e. when it lies in one of the need
+ * table's ranges of that key. The same entries in the same order as those ranges give, for a
+ * tenth of the range searches (a key's ranges hold ~10 entries each).
  */
 static PyObject *prefix_hits(PyObject *self, PyObject *args)
 {
     PyObject *runs_obj, *small_obj, *lows_obj, *highs_obj, *tags_obj, *need_obj, *lens_obj, *doc_obj, *qi_obj, *j_obj;
+    PyObject *span_need_obj = Py_None, *span_jmax_obj = Py_None;
     long long n_keys, n_rare, q_rest, limit;
     unsigned long long qtop;
     int capped;
-    if (!PyArg_ParseTuple(args, "OOOOOLLKLOOpLOOO", &runs_obj, &small_obj, &lows_obj, &highs_obj, &tags_obj, &n_keys,
-                          &n_rare, &qtop, &q_rest, &need_obj, &lens_obj, &capped, &limit, &doc_obj, &qi_obj, &j_obj))
+    if (!PyArg_ParseTuple(args, "OOOOOLLKLOOpLOOO|OO", &runs_obj, &small_obj, &lows_obj, &highs_obj, &tags_obj, &n_keys,
+                          &n_rare, &qtop, &q_rest, &need_obj, &lens_obj, &capped, &limit, &doc_obj, &qi_obj, &j_obj,
+                          &span_need_obj, &span_jmax_obj))
         return NULL;
+    if ((span_need_obj == Py_None) != (span_jmax_obj == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "prefix_hits: span_need and span_jmax go together");
+        return NULL;
+    }
     PyObject *runs = PySequence_Fast(runs_obj, "runs must be a sequence");
     if (runs == NULL)
         return NULL;
@@ -491,7 +527,7 @@ static PyObject *prefix_hits(PyObject *self, PyObject *args)
         return NULL;
     }
     enum { LOWS, HIGHS, TAGS, NEED, LENS, DOC, QI, J, N_FIXED };
-    enum { MAX_VIEWS = N_FIXED + 3 * 9 };
+    enum { MAX_VIEWS = N_FIXED + 2 + 3 * 9 };
     Py_buffer views[MAX_VIEWS];
     int have = 0;
     Py_ssize_t k = -1;
@@ -502,6 +538,21 @@ static PyObject *prefix_hits(PyObject *self, PyObject *args)
     };
     if ((have = take_buffers(fixed, N_FIXED, views)) < N_FIXED)
         goto done;
+    const int64_t *span_need = NULL, *span_jmax = NULL;
+    Py_ssize_t n_span = 0;
+    if (span_need_obj != Py_None) {
+        if (take_buffer(span_need_obj, &views[have], 0, 8, "span_need") < 0)
+            goto done;
+        span_need = views[have].buf;
+        n_span = views[have++].len / 8;
+        if (take_buffer(span_jmax_obj, &views[have], 0, 8, "span_jmax") < 0)
+            goto done;
+        span_jmax = views[have].buf;
+        if (views[have++].len / 8 != n_span) {
+            PyErr_SetString(PyExc_ValueError, "prefix_hits: span_need and span_jmax differ in length");
+            goto done;
+        }
+    }
     /* the sorted runs, then the small one: comp, top, doc each */
     const int64_t *comps[9];
     const uint64_t *tops[9];
@@ -555,8 +606,8 @@ static PyObject *prefix_hits(PyObject *self, PyObject *args)
         capacity = views[QI].len / 8;
     if (views[J].len / 8 < capacity)
         capacity = views[J].len / 8;
-    Scan scan = {{n_keys, n_rare, q_rest, limit, views[NEED].len / 8, views[LENS].len / 4, qtop,
-                  (const int64_t *)views[NEED].buf, (const int32_t *)views[LENS].buf, capped, 0},
+    Scan scan = {{n_keys, n_rare, q_rest, limit, views[NEED].len / 8, views[LENS].len / 4, n_span, qtop,
+                  (const int64_t *)views[NEED].buf, (const int32_t *)views[LENS].buf, span_need, span_jmax, capped, 0},
                  n_runs, comps, tops, docs, sizes, n_ranges, lows, highs, tags, bounds, capacity,
                  (int32_t *)views[DOC].buf, (int64_t *)views[QI].buf, (int64_t *)views[J].buf};
     Py_BEGIN_ALLOW_THREADS
@@ -1208,29 +1259,29 @@ done:
     return result;
 }
 
-/* probe_front(keys, ord, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest)
+/* probe_front(keys, ord, c0, c64, pi, lo, hi, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest)
  *
  * What RougeLIndex._probe computes before reading the decision index, for a query's keys (Python
  * ints) and ord (int64, each key's place in the global order, distinct; rarest first):
  * - the ranges of the index to read: for probe key i (the i-th rarest) and each range template
- *   of the need table's (pi == i: m << 18 in mj, jmax << 10 | 1023 in jmax, K - i in qb; rows
- *   of one i contiguous, ascending), lows = key << 28 | mj, highs = lows | jmax, tags = qb:
- *   written to lows/highs/tags (int64, room for len(pi)) sorted by lows, r = len(pi);
+ *   of the need table's (pi == i: the first and last comp below the key in lo and hi, K - i in
+ *   qb; rows of one i contiguous, ascending), lows = key << 28 | lo, highs = key << 28 | hi,
+ *   tags = qb: written to lows/highs/tags (int64, room for len(pi)) sorted by lows, r = len(pi);
  * - the query's common-key mask: bit ord - c0 of every key with ord >= c0 (< c0 + 256) in qm
  *   (uint64[4]), how many (n_common), those from bit c64 - c0 on shifted down (qtop, the 64 most
  *   frequent) and how many common keys are not among those (q_rest).
  * numpy's version: the lines of _probe it replaces and RougeLIndex._masks. */
 static PyObject *probe_front(PyObject *self, PyObject *args)
 {
-    PyObject *keys_obj, *ord_obj, *pi_obj, *mj_obj, *jmax_obj, *qb_obj, *lows_obj, *highs_obj, *tags_obj, *qm_obj;
+    PyObject *keys_obj, *ord_obj, *pi_obj, *lo_obj, *hi_obj, *qb_obj, *lows_obj, *highs_obj, *tags_obj, *qm_obj;
     long long c0, c64;
-    if (!PyArg_ParseTuple(args, "OOLLOOOOOOOO", &keys_obj, &ord_obj, &c0, &c64, &pi_obj, &mj_obj, &jmax_obj, &qb_obj,
+    if (!PyArg_ParseTuple(args, "OOLLOOOOOOOO", &keys_obj, &ord_obj, &c0, &c64, &pi_obj, &lo_obj, &hi_obj, &qb_obj,
                           &lows_obj, &highs_obj, &tags_obj, &qm_obj))
         return NULL;
-    enum { ORD, PI, MJ, JMAX, QB, LOWS, HIGHS, TAGS, QM, N_VIEWS };
+    enum { ORD, PI, LO, HI, QB, LOWS, HIGHS, TAGS, QM, N_VIEWS };
     const Wanted wanted[N_VIEWS] = {
-        {ord_obj, 0, 8, "ord"},     {pi_obj, 0, 8, "pi"},       {mj_obj, 0, 8, "mj"},
-        {jmax_obj, 0, 8, "jmax"},   {qb_obj, 0, 8, "qb"},       {lows_obj, 1, 8, "lows"},
+        {ord_obj, 0, 8, "ord"},     {pi_obj, 0, 8, "pi"},       {lo_obj, 0, 8, "lo"},
+        {hi_obj, 0, 8, "hi"},       {qb_obj, 0, 8, "qb"},       {lows_obj, 1, 8, "lows"},
         {highs_obj, 1, 8, "highs"}, {tags_obj, 1, 8, "tags"},   {qm_obj, 1, 8, "qm"},
     };
     Py_buffer views[N_VIEWS];
@@ -1243,9 +1294,9 @@ static PyObject *probe_front(PyObject *self, PyObject *args)
     if (have < N_VIEWS)
         goto done;
     const Py_ssize_t r = views[PI].len / 8, n_ord = views[ORD].len / 8;
-    if (views[MJ].len / 8 != r || views[JMAX].len / 8 != r || views[QB].len / 8 != r || views[LOWS].len / 8 < r ||
+    if (views[LO].len / 8 != r || views[HI].len / 8 != r || views[QB].len / 8 != r || views[LOWS].len / 8 < r ||
         views[HIGHS].len / 8 < r || views[TAGS].len / 8 < r || views[QM].len / 8 != 4 || c64 < c0) {
-        PyErr_SetString(PyExc_ValueError, "probe_front: pi, mj, jmax and qb of one length, room for them, qm of 4 words");
+        PyErr_SetString(PyExc_ValueError, "probe_front: pi, lo, hi and qb of one length, room for them, qm of 4 words");
         goto done;
     }
     if ((keys = int64s_of(keys_obj, &n, "probe_front: keys must be a sequence")) == NULL)
@@ -1288,7 +1339,7 @@ static PyObject *probe_front(PyObject *self, PyObject *args)
     long long q_rest = n_common - __builtin_popcountll(qtop);
 
     /* The rows of each probe key, then the probe keys in ascending key order: lows ascend. */
-    const int64_t *pi = views[PI].buf, *mj = views[MJ].buf, *jmax = views[JMAX].buf, *qb = views[QB].buf;
+    const int64_t *pi = views[PI].buf, *lo = views[LO].buf, *hi = views[HI].buf, *qb = views[QB].buf;
     Py_ssize_t n_probes = 0;
     for (Py_ssize_t t = 0; t < r; t++) {
         if (pi[t] < 0 || pi[t] >= n || (t > 0 && pi[t] < pi[t - 1])) {
@@ -1310,8 +1361,8 @@ static PyObject *probe_front(PyObject *self, PyObject *args)
         Py_ssize_t i = probes[p].at;
         int64_t key = probes[p].value;
         for (Py_ssize_t t = start[i]; t < start[i + 1]; t++, out++) {
-            lows[out] = (key << 28) | mj[t];
-            highs[out] = lows[out] | jmax[t];
+            lows[out] = (key << 28) | lo[t];
+            highs[out] = (key << 28) | hi[t];
             tags[out] = qb[t];
         }
     }
@@ -1497,7 +1548,8 @@ static PyMethodDef methods[] = {
      "overlap with a query can reach a bar, and their exact overlaps (see selfinstruct/_overlap.c)."},
     {"prefix_hits", prefix_hits, METH_VARARGS,
      "prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit, out_doc, "
-     "out_qi, out_j) -> k: the prefix-index entries in the ranges that pass the first bound (see selfinstruct/_overlap.c)."},
+     "out_qi, out_j[, span_need, span_jmax]) -> k: the prefix-index entries in the ranges that pass the first bound "
+     "(see selfinstruct/_overlap.c)."},
     {"second_bound", second_bound, METH_VARARGS,
      "second_bound(doc, qi, j, n_rare, n, lens, ncommon, cm, qm, need, out_cand, out_ov, out_m, runners) -> (k, r): the "
      "texts of prefix_hits()'s hits whose second bound reaches the need table (see selfinstruct/_overlap.c)."},
@@ -1516,7 +1568,7 @@ static PyMethodDef methods[] = {
      "rank(keys, table) -> (keys, values, cum): keys by table value, ties in order, with the values and their running "
      "sums (see selfinstruct/_overlap.c)."},
     {"probe_front", probe_front, METH_VARARGS,
-     "probe_front(keys, ord, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest): the "
+     "probe_front(keys, ord, c0, c64, pi, lo, hi, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest): the "
      "index ranges of a probe, sorted, and the query's common-key masks (see selfinstruct/_overlap.c)."},
     {"min_lcs_above", min_lcs_above, METH_VARARGS,
      "min_lcs_above(t, n, x, big, out) -> None: per text length, the smallest LCS whose F exceeds t "

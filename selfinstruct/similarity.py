@@ -653,7 +653,7 @@ def _min_lcs_above(t: float, n: int | None, m: np.ndarray, x: np.ndarray) -> np.
 class _NeedTable:
     """need[m] for one (query length, threshold), with the query's range templates per K."""
 
-    __slots__ = ("need", "need32", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k")
+    __slots__ = ("need", "need32", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k", "span_need", "span_jmax")
 
     def __init__(self, need: np.ndarray) -> None:
         self.need = need
@@ -672,16 +672,31 @@ class _NeedTable:
         # Range bounds in the composite: m << 18 from j = 0; up to j = jmax, any rest.
         self._ms, self._nm, self._mj, self._jmax = ms, nm, ms << 18, (jmax << 10) | 1023
         self._by_k: dict[int, tuple[np.ndarray, ...]] = {}
+        # Per length bucket of the index: what a probe key's range of that length asks (need at
+        # most its K - i, j at most jmax); a length with no range asks the impossible, and so
+        # does the last entry, which stands for every longer bucket.
+        size = int(ms[-1]) + 2 if len(ms) else 1
+        self.span_need = np.full(size, _BIG, dtype=np.int64)
+        self.span_jmax = np.full(size, -1, dtype=np.int64)
+        self.span_need[ms], self.span_jmax[ms] = nm, jmax
 
     def ranges(self, n_keys: int) -> tuple[np.ndarray, ...]:
-        """(probe index, m << 18, jmax << 10 | 1023, K - i) of each (probe key, length) pair that
-        can pass."""
+        """(probe index i, first comp, last comp, K - i): one span per probe key that can pass,
+        from its shortest to its longest length with a range (comps below the key's own bits).
+
+        A key's range of each length (m from j = 0 to jmax, any rest) holds ~10 entries, so the
+        lookups would cost more than the reading: one span per key is read instead, and an entry
+        in it counts only when its length's range holds it (span_need, span_jmax; see
+        _overlap.c's prefix_hits).
+        """
         hit = self._by_k.get(n_keys)
         if hit is None:
             qb = np.arange(n_keys, self.amin - 1, -1)  # K - i for probe keys i = 0 .. K - amin
-            pi, mi = np.nonzero(self._nm[None, :] <= qb[:, None])
-            # contiguous (np.nonzero's may be strided views): the native kernel reads them in place
-            hit = self._by_k[n_keys] = (np.ascontiguousarray(pi), self._mj[mi], self._jmax[mi], qb[pi])
+            passes = self._nm[None, :] <= qb[:, None]  # probe key x listed length
+            pi = np.flatnonzero(passes.any(axis=1))
+            first = passes[pi].argmax(axis=1)
+            last = passes.shape[1] - 1 - passes[pi, ::-1].argmax(axis=1)
+            hit = self._by_k[n_keys] = (pi, self._mj[first], self._mj[last] | self._jmax[last], qb[pi])
         return hit
 
 
@@ -1224,22 +1239,21 @@ class RougeLIndex:
         # when i is a common key (rare keys come first in both orders). Later hits of a text
         # give smaller values, so keeping the hits that pass keeps every text whose first hit
         # passes, with its first few hits.
-        pi, mj, jmax, qb = table.ranges(n_keys)
+        pi, lo, hi, qb = table.ranges(n_keys)
         if self._native is not None:  # the ranges and masks below in one call
             lows, highs, tags, qm = (np.empty(len(pi), dtype=np.int64), np.empty(len(pi), dtype=np.int64),
                                      np.empty(len(pi), dtype=np.int64), np.empty(_COMMON_WORDS, dtype=np.uint64))
-            _, n_common, qtop, q_rest = self._native.probe_front(q.keys, self._ord.a, self._c0, self._c64, pi, mj,
-                                                                 jmax, qb, lows, highs, tags, qm)  # fmt: skip
+            _, n_common, qtop, q_rest = self._native.probe_front(q.keys, self._ord.a, self._c0, self._c64, pi, lo,
+                                                                 hi, qb, lows, highs, tags, qm)  # fmt: skip
         else:
             if q.by_ord is None:
                 ka = np.array(q.keys, dtype=np.int64)
                 ords = self._ord.a[ka]
                 order = np.argsort(ords)
                 q.by_ord, q.ords = ka[order], ords[order]
-            lows = (q.by_ord[pi] << 28) | mj
-            order = np.argsort(lows)
-            lows = lows[order]
-            highs, tags = lows | jmax[order], qb[order]
+            key_bits = q.by_ord[pi] << 28
+            order = np.argsort(key_bits)
+            lows, highs, tags = (key_bits | lo)[order], (key_bits | hi)[order], qb[order]
             assert q.ords is not None
             qm, n_common, qtop, q_rest = self._masks(q.ords)
         n_rare = n_keys - n_common
@@ -1326,13 +1340,16 @@ class RougeLIndex:
         self, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, n_keys: int, n_rare: int, qtop: int, q_rest: int,
         table: _NeedTable, limit: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The decision index's entries in the ranges [lows, highs] (tags: the query's K - i of
-        each) whose texts are < limit and pass the first bound: text, query and text positions."""
+        """The decision index's entries in the spans [lows, highs] (tags: the query's K - i of
+        each; see _NeedTable.ranges) that one of the key's ranges holds, whose texts are < limit
+        and pass the first bound: text, query and text positions."""
         assert self._pre is not None
         comp, top, doc, qb = self._pre.lookup(lows, highs, tags)
-        if limit < self._n and len(doc):
-            keep = doc < limit
-            comp, top, doc, qb = comp[keep], top[keep], doc[keep], qb[keep]
+        bucket = np.minimum((comp >> 18) & 1023, len(table.span_need) - 1)
+        keep = (table.span_need[bucket] <= qb) & (((comp >> 10) & 255) <= table.span_jmax[bucket])
+        if limit < self._n:
+            keep &= doc < limit
+        comp, top, doc, qb = comp[keep], top[keep], doc[keep], qb[keep]
         qi = n_keys - qb
         rest = comp & 1023
         if table.capped:  # the long-text bucket holds lengths >= _M_CAP: use the real ones
@@ -1357,7 +1374,8 @@ class RougeLIndex:
         while True:
             k = self._native.prefix_hits(pre.runs, pre.small, lows, highs, tags, n_keys, n_rare, qtop, q_rest,
                                          table.need, self._lens.a, table.capped, limit,
-                                         self._hit_doc, self._hit_qi, self._hit_j)  # fmt: skip
+                                         self._hit_doc, self._hit_qi, self._hit_j, table.span_need,
+                                         table.span_jmax)  # fmt: skip
             if k >= 0:
                 hits = self._hit_doc[:k].copy(), self._hit_qi[:k].copy(), self._hit_j[:k].copy()
                 if len(self._hit_doc) > _HITS_KEPT:  # one wide probe must not hold its room for good

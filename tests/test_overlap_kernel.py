@@ -154,6 +154,82 @@ def test_prefix_probe_kernels_equal_numpy(seed: int, monkeypatch: pytest.MonkeyP
     assert compared["hits"] > 100 and compared["second"] > 50
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_one_span_per_probe_key_reads_what_the_ranges_of_each_length_hold(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe reads one span per probe key (shortest to longest length) and keeps an entry only
+    when that key's range of the entry's length holds it: the same hits, in the same order, as
+    reading each (key, length) range, natively and in numpy, thresholds low and high, with the
+    long-text bucket in use and the small and middle runs filled."""
+    for name, value in {"_SMALL_RUN": 7, "_SNAPSHOT_MIN": 8, "_RESNAPSHOT": 2, "_M_CAP": 11}.items():
+        monkeypatch.setattr(similarity, name, value)
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(rng.randint(8, 40))]
+
+    def text() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.choice((rng.randint(1, 9), rng.randint(10, 16)))))
+
+    index = similarity.RougeLIndex()
+    index.extend([text() for _ in range(60)])
+    index.prepare(0.4)
+    compared = spans_fewer = 0
+    for _ in range(300):
+        query = text()
+        index.add(text())
+        t = rng.choice((0.4, 0.5, 0.55, 0.7, 0.9))
+        q = index._query(query)
+        if q is None:
+            continue
+        table, n_keys = index._need(q.n, t), len(q.keys)
+        if n_keys < table.amin:
+            continue
+        all_qb = np.arange(n_keys, table.amin - 1, -1)
+        pi, mi = np.nonzero(table._nm[None, :] <= all_qb[:, None])
+        per_length = (np.ascontiguousarray(pi), table._mj[mi], table._mj[mi] | table._jmax[mi], all_qb[pi])
+        got = []
+        for templates in (table.ranges(n_keys), per_length):
+            lows, highs, tags = (np.empty(len(templates[0]), dtype=np.int64) for _ in range(3))
+            qm = np.empty(4, dtype=np.uint64)
+            _, n_common, qtop, q_rest = kernel.probe_front(q.keys, index._ord.a, index._c0, index._c64, *templates,
+                                                           lows, highs, tags, qm)  # fmt: skip
+            args = (lows, highs, tags, n_keys, n_keys - n_common, qtop, q_rest, table, len(index))
+            got.append((index._native_hits(*args), index._first_hits(*args), len(lows)))
+        (native_span, numpy_span, n_spans), (native_ranges, numpy_ranges, n_ranges) = got
+        for a, b, c, d in zip(native_span, numpy_span, native_ranges, numpy_ranges, strict=True):
+            assert np.array_equal(a, c) and np.array_equal(b, d) and np.array_equal(a, b)
+        compared += len(native_span[0]) > 0
+        spans_fewer += n_spans < n_ranges
+    assert compared > 100 and spans_fewer > 100
+
+
+def test_a_span_keeps_only_what_a_range_of_its_length_holds() -> None:
+    """Inside one probe key's span, an entry counts only when its length's range asks no more
+    than the key's K - i and its position is within that range's jmax; a span without its
+    tables, or with tables of different lengths, is refused."""
+    big = similarity._BIG
+    comps = [(1 << 28) | (m << 18) | (j << 10) for m in (3, 4, 5) for j in (0, 2)]  # texts 0 .. 5
+    run = (np.array(comps, np.int64), np.zeros(6, np.uint64), np.arange(6, dtype=np.int32))
+    small = (array("q"), array("Q"), array("i"))
+    span = (np.array([(1 << 28) | (3 << 18)], np.int64), np.array([(1 << 28) | (5 << 18) | (255 << 10) | 1023], np.int64),
+            np.array([4], np.int64))  # fmt: skip
+    span_need = np.array([big, big, big, 2, 9, 2, big], np.int64)  # length 4 asks more than K - i = 4
+    span_jmax = np.array([-1, -1, -1, 2, 2, 1, -1], np.int64)  # length 5 only up to j = 1
+    doc, qi, j = np.empty(8, np.int32), np.empty(8, np.int64), np.empty(8, np.int64)
+
+    def hits(*tables: Any) -> int:
+        return kernel.prefix_hits([run], small, *span, 4, 4, 0, 0, np.zeros(8, np.int64), np.ones(6, np.int32), False,
+                                  6, doc, qi, j, *tables)  # fmt: skip
+
+    assert hits() == 6  # without the tables a span is a plain range
+    k = hits(span_need, span_jmax)
+    assert doc[:k].tolist() == [0, 1, 4] and j[:k].tolist() == [0, 2, 0] and qi[:k].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError):
+        hits(span_need, span_jmax[:-1])
+    with pytest.raises(ValueError):
+        hits(span_need)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_probe_front_equals_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The index ranges a probe reads (sorted) and the query's common-key masks: the native
@@ -171,15 +247,15 @@ def test_the_probe_front_equals_numpy(seed: int, monkeypatch: pytest.MonkeyPatch
     native_front = kernel.probe_front
     compared = 0
 
-    def both(keys: list[int], order: np.ndarray, c0: int, c64: int, pi: np.ndarray, mj: np.ndarray, jmax: np.ndarray,
+    def both(keys: list[int], order: np.ndarray, c0: int, c64: int, pi: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              qb: np.ndarray, lows: np.ndarray, highs: np.ndarray, tags: np.ndarray, qm: np.ndarray) -> Any:
         nonlocal compared
-        got = native_front(keys, order, c0, c64, pi, mj, jmax, qb, lows, highs, tags, qm)
+        got = native_front(keys, order, c0, c64, pi, lo, hi, qb, lows, highs, tags, qm)
         ka = np.array(keys, dtype=np.int64)
         by_ord = ka[np.argsort(order[ka])]
-        want_lows = (by_ord[pi] << 28) | mj
+        want_lows = (by_ord[pi] << 28) | lo
         sort = np.argsort(want_lows)
-        assert np.array_equal(lows, want_lows[sort]) and np.array_equal(highs, want_lows[sort] | jmax[sort])
+        assert np.array_equal(lows, want_lows[sort]) and np.array_equal(highs, ((by_ord[pi] << 28) | hi)[sort])
         assert np.array_equal(tags, qb[sort])
         want_qm, n_common, top, rest = index._masks(np.sort(order[ka]))
         assert np.array_equal(qm, want_qm) and got == (len(pi), n_common, top, rest)
