@@ -356,18 +356,22 @@ typedef struct {
     int capped, bad;
 } Bound;
 
+/* Whether a span's entry lies in one of the need table's ranges of its key (true without spans):
+ * its length bucket asks no more than the key's K - i (qb), and its j is within that range. */
+static inline int in_span(const Bound *b, int64_t comp, int64_t qb)
+{
+    if (b->span_need == NULL)
+        return 1;
+    int64_t bucket = (comp >> 18) & 1023;
+    return bucket < b->n_span && ((comp >> 10) & 255) <= b->span_jmax[bucket] && b->span_need[bucket] <= qb;
+}
+
 static inline __attribute__((always_inline)) int first_bound(Bound *b, int64_t comp, uint64_t top, int32_t doc,
                                                              int64_t qb, int64_t *qi_out, int64_t *j_out)
 {
     if (doc < 0 || doc >= b->limit)
         return 0;
     int64_t rest = comp & 1023, j = (comp >> 10) & 255, m;
-    if (b->span_need != NULL) {
-        /* A span covers a probe key's lengths whole: keep only what one of its ranges holds. */
-        int64_t bucket = (comp >> 18) & 1023;
-        if (bucket >= b->n_span || j > b->span_jmax[bucket] || b->span_need[bucket] > qb)
-            return 0;
-    }
     if (b->capped) {
         if (doc >= b->n_lens) {
             b->bad = 1;
@@ -443,13 +447,21 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
         const int32_t *doc = s->docs[r];
         for (Py_ssize_t i = 0; i < n_ranges; i++) {
             const int64_t tag = tags[i];
-            for (Py_ssize_t x = bounds[2 * (r * n_ranges + i)], e = bounds[2 * (r * n_ranges + i) + 1]; x < e; x++) {
+            for (Py_ssize_t x = bounds[2 * (r * n_ranges + i)], e = bounds[2 * (r * n_ranges + i) + 1]; x < e;) {
+                if (!in_span(&b, comp[x], tag)) {
+                    /* Entries ascend by j within a length: the rest of this length is out too.
+                     * Gallop to the next length: a step or two over a short gap, a search over
+                     * a long one (large pools), so a span costs at most what its ranges did. */
+                    x = gallop(comp, x + 1, e, ((comp[x] >> 18) + 1) << 18, 0);
+                    continue;
+                }
                 int64_t qi, j;
                 if (first_bound(&b, comp[x], top[x], doc[x], tag, &qi, &j)) {
                     out_qi[k] = qi;
                     out_j[k] = j;
                     out_doc[k++] = doc[x];
                 }
+                x++;
             }
         }
     }
@@ -457,7 +469,7 @@ static inline __attribute__((always_inline)) Py_ssize_t scan_hits(Scan *s)
     for (Py_ssize_t x = 0; x < s->sizes[n_runs]; x++) {
         Py_ssize_t i = gallop(lows, 0, n_ranges, sc[x], 1) - 1; /* the last range starting at or before it */
         int64_t qi, j;
-        if (i >= 0 && sc[x] <= highs[i] &&
+        if (i >= 0 && sc[x] <= highs[i] && in_span(&b, sc[x], tags[i]) &&
             first_bound(&b, sc[x], s->tops[n_runs][x], s->docs[n_runs][x], tags[i], &qi, &j)) {
             out_qi[k] = qi;
             out_j[k] = j;
