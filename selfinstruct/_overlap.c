@@ -511,8 +511,9 @@ WITH_POPCNT(run_scan, Scan, scan_hits)
  * With span_need and span_jmax (int64, one per length bucket m of the entries' comp): each range
  * is a span, one per probe key, covering all of its lengths; an entry counts as in it only when
  * span_need[m] <= its tag and its j <= span_jmax[m], i.e. when it lies in one of the need
- * table's ranges of that key. The same entries in the same order as those ranges give, for a
- * tenth of the range searches (a key's ranges hold ~10 entries each).
+ * table's ranges of that key: the same entries in the same order as those ranges give. One
+ * search per key instead of one per (key, length), whose ranges hold ~10 entries each in a 52k
+ * pool; the entries past a length's range are skipped by galloping to the next length.
  */
 static PyObject *prefix_hits(PyObject *self, PyObject *args)
 {
