@@ -73,6 +73,12 @@ static int take_int_array(PyObject *obj, Py_buffer *view, const char *what)
     return 0;
 }
 
+/* Item k of an array take_int_array() accepted (int32 or int64 items). */
+static inline int64_t int_item(const Py_buffer *view, Py_ssize_t k)
+{
+    return view->itemsize == 4 ? ((const int32_t *)view->buf)[k] : ((const int64_t *)view->buf)[k];
+}
+
 /* First index in ids[0:len] (ascending) holding a value >= x. */
 static Py_ssize_t lower_bound(const int32_t *ids, Py_ssize_t len, int32_t x)
 {
@@ -916,29 +922,18 @@ static inline double fmeasure(size_t lcs, int64_t n, int64_t m)
     return 2 * precision * recall / (precision + recall);
 }
 
-/* An id array of int32 or int64 items. */
-typedef struct {
-    const void *data;
-    int narrow;
-} IdsOf;
-
-static inline int64_t id_at(const IdsOf *ids, Py_ssize_t k)
-{
-    return ids->narrow ? ((const int32_t *)ids->data)[k] : ((const int64_t *)ids->data)[k];
-}
-
 /* A binary heap of positions into ub and ids: the top has the highest bound, the lowest id
  * among equal bounds. */
 typedef struct {
     const double *ub;
-    const IdsOf *ids;
+    const Py_buffer *ids;
     Py_ssize_t *heap;
     Py_ssize_t size;
 } Ranking;
 
 static inline int ranks_before(const Ranking *r, Py_ssize_t a, Py_ssize_t b)
 {
-    return r->ub[a] > r->ub[b] || (r->ub[a] == r->ub[b] && id_at(r->ids, a) < id_at(r->ids, b));
+    return r->ub[a] > r->ub[b] || (r->ub[a] == r->ub[b] && int_item(r->ids, a) < int_item(r->ids, b));
 }
 
 static void sift_down(Ranking *r, Py_ssize_t at)
@@ -1020,13 +1015,12 @@ static PyObject *verify(PyObject *self, PyObject *args)
     const int32_t *lens = lens_view.buf;
     Py_ssize_t n_lens = lens_view.len / 4, n_seqs = PyList_GET_SIZE(seqs);
     const double *ub = have_ub ? ub_view.buf : NULL;
-    IdsOf ids = {ids_view.buf, ids_view.itemsize == 4};
     if (ranked && ub == NULL) {
         PyErr_SetString(PyExc_ValueError, "verify: ranked needs ub");
         goto done;
     }
     rank.ub = ub;
-    rank.ids = &ids;
+    rank.ids = &ids_view;
     if (ranked && count > 1) {
         rank.heap = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)count);
         if (rank.heap == NULL) {
@@ -1054,7 +1048,7 @@ static PyObject *verify(PyObject *self, PyObject *args)
         Py_ssize_t k = rank.heap != NULL ? pop_top(&rank) : step;
         if (ub != NULL && best > cut_above && ub[k] < best - eps)
             break;
-        int64_t i = id_at(&ids, k);
+        int64_t i = int_item(&ids_view, k);
         if (i < 0 || i >= n_seqs || i >= n_lens) {
             PyErr_SetString(PyExc_IndexError, "verify: an id outside seqs or lens");
             failed = 1;
@@ -1152,8 +1146,7 @@ static PyObject *min_lcs_above(PyObject *self, PyObject *args)
             int64_t l = base + d, nn = n < 0 ? l : n;
             if (l < 1 || l > (nn < m ? nn : m))
                 continue;
-            double lf = (double)l, p = lf / (double)nn, r = lf / (double)m;
-            if (2 * p * r / (p + r) > t) {
+            if (fmeasure((size_t)l, nn, m) > t) {
                 out[m] = l;
                 break;
             }
@@ -1214,7 +1207,7 @@ static int table_value(const Py_buffer *table, int64_t key, int64_t *value)
         PyErr_SetString(PyExc_IndexError, "key outside the table");
         return -1;
     }
-    *value = table->itemsize == 4 ? ((const int32_t *)table->buf)[key] : ((const int64_t *)table->buf)[key];
+    *value = int_item(table, key);
     return 0;
 }
 
@@ -1570,8 +1563,7 @@ static PyMethodDef methods[] = {
      "bind_lcs(rapidfuzz.distance.LCSseq.similarity) -> bool: whether verify() can call that scorer natively."},
     {"verify", verify, METH_VARARGS,
      "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked]) -> (best, best_id): "
-     "exact ROUGE-L F "
-     "of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
+     "exact ROUGE-L F of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
     {"query_keys", query_keys, METH_VARARGS,
      "query_keys(tokens, vocab, more) -> (keys, tids) | None: a query's known token ids and keys (see "
      "selfinstruct/_overlap.c)."},
