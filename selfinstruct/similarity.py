@@ -653,7 +653,7 @@ def _min_lcs_above(t: float, n: int | None, m: np.ndarray, x: np.ndarray) -> np.
 class _NeedTable:
     """need[m] for one (query length, threshold), with the query's range templates per K."""
 
-    __slots__ = ("need", "need32", "amin", "_ms", "_nm", "_mj", "_jmax", "capped", "_by_k", "span_need", "span_jmax")
+    __slots__ = ("need", "need32", "amin", "_nm", "_mj", "_jmax", "capped", "_by_k", "span_need", "span_jmax")
 
     def __init__(self, need: np.ndarray) -> None:
         self.need = need
@@ -670,7 +670,7 @@ class _NeedTable:
             ms, nm, jmax = ms[: c + 1].copy(), nm[: c + 1].copy(), jmax[: c + 1].copy()
             ms[c], nm[c], jmax[c] = _M_CAP, need[_M_CAP:].min(), 255
         # Range bounds in the composite: m << 18 from j = 0; up to j = jmax, any rest.
-        self._ms, self._nm, self._mj, self._jmax = ms, nm, ms << 18, (jmax << 10) | 1023
+        self._nm, self._mj, self._jmax = nm, ms << 18, (jmax << 10) | 1023
         self._by_k: dict[int, tuple[np.ndarray, ...]] = {}
         # Per length bucket of the index: what a probe key's range of that length asks (need at
         # most its K - i, j at most jmax); a length with no range asks the impossible, and so
