@@ -17,10 +17,11 @@
 
 /* A key's postings: its ids in the CSR arrays, then those in its tail (all larger). */
 typedef struct {
-    Py_buffer tail_view;
-    int has_tail;
+    Py_buffer tail_view, bits_view;
+    int has_tail, has_bits;
     const int32_t *ids[2];
     Py_ssize_t len[2];
+    const uint8_t *bits; /* optional: bit id set when the key holds text id (ids < cover) */
 } IdList;
 
 static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
@@ -109,8 +110,8 @@ static int has_id(const IdList *list, int32_t id)
     return 0;
 }
 
-/* survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners)
- *     -> (k, r)
+/* survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners
+ *           [, bitsets, cover]) -> (k, r)
  *
  * keys:   int64, the query's keys, rarest first. Key k's postings (the ascending ids of the texts
  *         holding it) are data[indptr[k]:indptr[k + 1]] (int64 indptr, int32 data; none when
@@ -125,21 +126,32 @@ static int has_id(const IdList *list, int32_t id)
  *         loop writes one past the texts it keeps).
  * runners: int32, room for the R texts dropped first (after the scanned lists) that held the
  *         most of them, shortest first among equals: a bar for a nearest search to start from.
+ * bitsets, cover: optional, like tails: None or key i's postings below id cover as a bitset
+ *         (uint8, bit id & 7 of byte id >> 3). Step 3 then asks "does text id hold the key?" of a
+ *         few kilobytes instead of a pass over the key's long postings (ids >= cover: a search).
  * Returns (k, r): out[:k] the surviving ids (no order), out_ov[:k] their exact overlaps, and
  * runners[:r] (best first).
  */
 static PyObject *survivors(PyObject *self, PyObject *args)
 {
     PyObject *keys_obj, *indptr_obj, *data_obj, *tails_obj, *lens_obj, *need_obj, *counts_obj, *out_obj, *ov_obj,
-        *runners_obj;
-    Py_ssize_t n_scan, limit;
-    if (!PyArg_ParseTuple(args, "OOOOnOOnOOOO", &keys_obj, &indptr_obj, &data_obj, &tails_obj, &n_scan, &lens_obj,
-                          &need_obj, &limit, &counts_obj, &out_obj, &ov_obj, &runners_obj))
+        *runners_obj, *bitsets_obj = Py_None;
+    Py_ssize_t n_scan, limit, cover = 0;
+    if (!PyArg_ParseTuple(args, "OOOOnOOnOOOO|On", &keys_obj, &indptr_obj, &data_obj, &tails_obj, &n_scan, &lens_obj,
+                          &need_obj, &limit, &counts_obj, &out_obj, &ov_obj, &runners_obj, &bitsets_obj, &cover))
         return NULL;
     PyObject *seq = PySequence_Fast(tails_obj, "tails must be a sequence");
     if (seq == NULL)
         return NULL;
     Py_ssize_t n_lists = PySequence_Fast_GET_SIZE(seq);
+    PyObject *bit_seq = NULL;
+    if (bitsets_obj != Py_None) {
+        bit_seq = PySequence_Fast(bitsets_obj, "bitsets must be a sequence or None");
+        if (bit_seq == NULL) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
     enum { KEYS, INDPTR, DATA, LENS, NEED, COUNTS, OUT, OV, RUNNERS, N_VIEWS };
     const Wanted wanted[N_VIEWS] = {
         {keys_obj, 0, 8, "keys"},     {indptr_obj, 0, 8, "indptr"}, {data_obj, 0, 4, "data"},
@@ -153,6 +165,10 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     if ((have = take_buffers(wanted, N_VIEWS, views)) < N_VIEWS)
         goto done;
     const Py_ssize_t n_need = views[NEED].len / 4;
+    if (bit_seq != NULL && (PySequence_Fast_GET_SIZE(bit_seq) != n_lists || cover < 0)) {
+        PyErr_SetString(PyExc_ValueError, "need len(bitsets) == len(keys) and cover >= 0");
+        goto done;
+    }
     if (views[KEYS].len / 8 != n_lists || n_scan < 0 || n_scan > n_lists || n_lists > 65535 || limit < 0 || n_need < 1) {
         PyErr_SetString(PyExc_ValueError,
                         "need len(keys) == len(tails) <= 65535, 0 <= n_scan <= len(keys), limit >= 0, a need table");
@@ -195,6 +211,17 @@ static PyObject *survivors(PyObject *self, PyObject *args)
             lists[i].ids[1] = (const int32_t *)lists[i].tail_view.buf;
             lists[i].len[1] = lists[i].tail_view.len / 4;
         }
+        PyObject *bits = bit_seq != NULL ? PySequence_Fast_GET_ITEM(bit_seq, i) : Py_None;
+        if (bits != Py_None) {
+            if (take_buffer(bits, &lists[i].bits_view, 0, 1, "bitsets") < 0)
+                goto done;
+            lists[i].has_bits = 1;
+            if (lists[i].bits_view.len < (cover + 7) / 8) {
+                PyErr_SetString(PyExc_ValueError, "a bitset is shorter than cover bits");
+                goto done;
+            }
+            lists[i].bits = (const uint8_t *)lists[i].bits_view.buf;
+        }
     }
 
     const int32_t *lens = (const int32_t *)views[LENS].buf;
@@ -226,7 +253,27 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     }
     /* 2. Keep the texts that could reach the bar if they held every key not read yet. */
     Py_ssize_t alive = 0, rest = n_lists - n_scan;
-    for (Py_ssize_t t = 0; t < touched; t++) {
+    for (Py_ssize_t t = 0; t < touched && n_runners == 0; t++) {
+        /* Without runners-up, branch-free: which texts survive is unpredictable. The reads are
+         * random (ids in order of first sight): ask for them a few texts ahead. */
+        if (t + 16 < touched) {
+            __builtin_prefetch(&lens[out[t + 16]]);
+            __builtin_prefetch(&counts[out[t + 16]]);
+        }
+        int32_t id = out[t];
+        int32_t m = lens[id];
+        if (m < 0 || m >= n_need) {
+            bad_length = 1;
+            m = 0;
+        }
+        uint16_t c = counts[id];
+        int keep = (Py_ssize_t)c + rest >= need[m];
+        counts[id] = keep ? c : 0;
+        out_ov[alive] = m; /* out_ov holds the lengths until step 4: no second read of lens */
+        out[alive] = id;
+        alive += keep;
+    }
+    for (Py_ssize_t t = 0; t < touched && n_runners > 0; t++) {
         int32_t id = out[t];
         int32_t m = lens[id];
         if (m < 0 || m >= n_need) {
@@ -235,6 +282,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         }
         uint16_t c = counts[id];
         if ((Py_ssize_t)c + rest >= need[m]) {
+            out_ov[alive] = m; /* out_ov holds the lengths until step 4: no second read of lens */
             out[alive++] = id;
             continue;
         }
@@ -257,12 +305,28 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                 r++;
         }
     }
-    /* 3. The common keys, least common first: count them for the texts still alive (by
-     *    binary search while they are few, else by one pass over the list), then drop those
-     *    that can no longer reach the bar. */
+    /* 3. The common keys, least common first: count them for the texts still alive (from the
+     *    key's bitset when it has one, else by binary search while they are few, else by one
+     *    pass over the list), then drop those that can no longer reach the bar. */
     for (Py_ssize_t i = n_scan; i < n_lists && alive > 0; i++) {
         Py_ssize_t len = lists[i].len[0] + lists[i].len[1];
         rest--;
+        if (lists[i].bits != NULL) {
+            const uint8_t *bits = lists[i].bits;
+            Py_ssize_t kept = 0;
+            for (Py_ssize_t t = 0; t < alive; t++) {
+                int32_t id = out[t], m = out_ov[t];
+                int held = id < cover ? (bits[id >> 3] >> (id & 7)) & 1 : has_id(&lists[i], id);
+                uint16_t c = counts[id] + (uint16_t)held;
+                int keep = (Py_ssize_t)c + rest >= need[m];
+                counts[id] = keep ? c : 0;
+                out[kept] = id;
+                out_ov[kept] = m;
+                kept += keep;
+            }
+            alive = kept;
+            continue;
+        }
         Py_ssize_t steps = 1;
         while (((Py_ssize_t)1 << steps) < len)
             steps++;
@@ -282,14 +346,13 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         }
         Py_ssize_t kept = 0;
         for (Py_ssize_t t = 0; t < alive; t++) {
-            int32_t id = out[t];
-            int32_t m = lens[id];
-            if (m < 0 || m >= n_need)
-                m = 0;
-            if ((Py_ssize_t)counts[id] + rest >= need[m])
+            int32_t id = out[t], m = out_ov[t];
+            if ((Py_ssize_t)counts[id] + rest >= need[m]) {
+                out_ov[kept] = m;
                 out[kept++] = id;
-            else
+            } else {
                 counts[id] = 0;
+            }
         }
         alive = kept;
     }
@@ -309,12 +372,16 @@ done:
     for (int v = 0; v < have; v++)
         PyBuffer_Release(&views[v]);
     if (lists != NULL) {
-        for (Py_ssize_t i = 0; i < n_lists; i++)
+        for (Py_ssize_t i = 0; i < n_lists; i++) {
             if (lists[i].has_tail)
                 PyBuffer_Release(&lists[i].tail_view);
+            if (lists[i].has_bits)
+                PyBuffer_Release(&lists[i].bits_view);
+        }
         PyMem_Free(lists);
     }
     Py_DECREF(seq);
+    Py_XDECREF(bit_seq);
     if (k < 0)
         return NULL;
     return Py_BuildValue("nn", k, r);

@@ -205,6 +205,11 @@ _EXTEND_BATCH = 20_000
 # A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/256 of them): each
 # lookup of a key concatenates its tail, which cost more than merging often (measured end to end).
 _TAIL_MIN = 1 << 12
+# A key gets a bitset of the texts holding it once it holds more than 1/_BITSET_SHARE of them
+# (from there the bitset is smaller than its postings) and loses it below 1/(2 * _BITSET_SHARE).
+# The nearest's last step asks "does text i hold this common key?" of a few survivors: a bit
+# test in a few kilobytes instead of a pass over the key's long postings.
+_BITSET_SHARE = 32
 # The key order (and with it the decision index) is re-snapshotted when the pool has grown this
 # many times since the last snapshot, once it holds at least _SNAPSHOT_MIN texts, and only up
 # to _SNAPSHOT_MAX texts: a rebuild stalls add() (about 1 s at 64k texts, 20 s at 1M here), and
@@ -429,20 +434,23 @@ class _Postings:
     Ids only grow, so a key's tail ids all follow its CSR ids and ``get`` is always sorted.
     The tail is one ``array('i')`` per key (4 bytes an entry; ``np.frombuffer`` reads it without
     a copy); :meth:`merge` moves it into the CSR arrays with one ``np.insert``.
+    With ``bitsets``, the most common keys also keep a bitset of the texts holding them
+    (:class:`_Bitsets`), for the texts the CSR arrays held at the last merge: adds cost nothing more.
     """
 
-    __slots__ = ("indptr", "data", "tail", "tail_n")
+    __slots__ = ("indptr", "data", "tail", "tail_n", "bitsets")
 
-    def __init__(self) -> None:
+    def __init__(self, bitsets: bool = False) -> None:
         self.indptr = np.zeros(1, dtype=np.int64)  # covers keys < len(indptr) - 1
         self.data = _EMPTY
         self.tail: dict[int, array[int]] = {}
         self.tail_n = 0
+        self.bitsets = _Bitsets() if bitsets else None
 
     @classmethod
-    def build(cls, keys: np.ndarray, docs: np.ndarray, n_keys: int) -> _Postings:
-        """From (key, doc) pairs in non-decreasing doc order; chunked to bound temporaries."""
-        self = cls()
+    def build(cls, keys: np.ndarray, docs: np.ndarray, n_keys: int, n_docs: int, bitsets: bool = False) -> _Postings:
+        """From (key, doc) pairs in non-decreasing doc order, doc < n_docs; chunked to bound temporaries."""
+        self = cls(bitsets)
         counts = np.bincount(keys, minlength=n_keys)
         indptr = np.zeros(n_keys + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
@@ -459,6 +467,8 @@ class _Postings:
             data[dest] = docs[a : a + _BUILD_CHUNK][order]
             cursor[ks[first]] += sizes
         self.indptr, self.data = indptr, data
+        if self.bitsets is not None:
+            self.bitsets.update(indptr, data, n_docs)
         return self
 
     def get(self, key: int) -> np.ndarray:
@@ -485,10 +495,12 @@ class _Postings:
     def wants_merge(self) -> bool:
         return self.tail_n > max(_TAIL_MIN, len(self.data) >> 8)
 
-    def merge(self, n_keys: int) -> None:
+    def merge(self, n_keys: int, n_docs: int) -> None:
+        """Move the tails into the CSR arrays; ``n_docs``: the texts added so far."""
         ip = self.indptr
         if len(ip) < n_keys + 1:
             ip = np.concatenate((ip, np.full(n_keys + 1 - len(ip), ip[-1], dtype=np.int64)))
+        added = None
         if self.tail:
             keys = np.array(sorted(self.tail), dtype=np.int64)
             klist = keys.tolist()
@@ -499,9 +511,71 @@ class _Postings:
             grow = np.zeros(n_keys + 1, dtype=np.int64)
             grow[keys + 1] = counts
             ip = ip + np.cumsum(grow)
+            added = keys, counts, values
         self.indptr = ip
         self.tail = {}
         self.tail_n = 0
+        if self.bitsets is not None:
+            self.bitsets.update(ip, self.data, n_docs, added)
+
+
+class _Bitsets:
+    """A row of bits per common key (see _BITSET_SHARE): bit i & 7 of byte i >> 3 is set when
+    text i holds the key, for every text below ``cover``. One matrix, so that a merge sets the
+    bits of all its new postings with one scatter, whatever the number of keys."""
+
+    __slots__ = ("rows", "slot", "row_of", "free", "cover")
+
+    def __init__(self) -> None:
+        self.rows = np.zeros((0, 0), dtype=np.uint8)
+        self.slot = np.zeros(0, dtype=np.int64)  # key -> its row, or -1
+        self.row_of: dict[int, np.ndarray] = {}  # key -> its row (a view of rows)
+        self.free: list[int] = []
+        self.cover = 0
+
+    def update(self, indptr: np.ndarray, data: np.ndarray, n_docs: int,
+               added: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
+        """Cover the texts below ``n_docs``, all in the CSR arrays ``indptr``/``data`` now.
+        ``added``: (keys, counts, ids) of the postings merged since the last cover, ids grouped
+        by key. Keys held by more than 1/_BITSET_SHARE of the texts get a row, and lose it below
+        half that."""
+        n_keys = len(indptr) - 1
+        if len(self.slot) < n_keys:
+            self.slot = np.concatenate((self.slot, np.full(n_keys - len(self.slot), -1, dtype=np.int64)))
+        width = (n_docs + 7) >> 3
+        if self.rows.shape[1] < width:  # x1.25 and a little: a copy every few merges
+            self._resize(len(self.rows), width + (width >> 2) + 64)
+        if added is not None and self.row_of:
+            keys, counts, ids = added
+            rows = np.repeat(self.slot[keys], counts)
+            mine = rows >= 0
+            if mine.any():
+                at = ids[mine].astype(np.int64)
+                flat = rows[mine] * self.rows.shape[1] + (at >> 3)
+                # Each (row, text) is new, so the bits OR-ed into one byte are distinct.
+                np.bitwise_or.at(self.rows.reshape(-1), flat, (1 << (at & 7)).astype(np.uint8))
+        df = np.diff(indptr)
+        for key in [k for k in self.row_of if df[k] * 2 * _BITSET_SHARE < n_docs]:
+            self.free.append(int(self.slot[key]))  # its next key overwrites the whole row
+            self.slot[key] = -1
+            del self.row_of[key]
+        for key in np.flatnonzero((df * _BITSET_SHARE > n_docs) & (self.slot[:n_keys] < 0)).tolist():
+            if not self.free:
+                self._resize(len(self.rows) + max(8, len(self.rows) >> 2), self.rows.shape[1])
+            row = self.free.pop()
+            marks = np.zeros(self.rows.shape[1] * 8, dtype=bool)
+            marks[data[indptr[key] : indptr[key + 1]]] = True
+            self.rows[row] = np.packbits(marks, bitorder="little")
+            self.slot[key] = row
+            self.row_of[key] = self.rows[row]
+        self.cover = n_docs
+
+    def _resize(self, n_rows: int, width: int) -> None:
+        old = self.rows
+        self.rows = np.zeros((n_rows, width), dtype=np.uint8)
+        self.rows[: len(old), : old.shape[1]] = old
+        self.free.extend(range(n_rows - 1, len(old) - 1, -1))
+        self.row_of = {k: self.rows[int(self.slot[k])] for k in self.row_of}
 
 
 class _PrefixIndex:
@@ -740,7 +814,7 @@ class RougeLIndex:
         self._df = _Vec(np.int32)  # key -> texts holding it (= full postings length)
         self._ord = _Vec(np.int64)  # key -> place in the global order (lower = rarer)
         self._big = False  # some code is past the last code point: LCS on tuples of ints
-        self._full = _Postings()  # every key of every text
+        self._full = _Postings(self._native is not None)  # every key of every text
         # Decision path, built on first use: prefix index for threshold _pre_t, the common-key
         # masks (keys with _ord >= _c0 are common; bit = _ord - _c0) and their counts.
         self._pre: _PrefixIndex | None = None
@@ -953,7 +1027,7 @@ class RougeLIndex:
     def _after_growth(self) -> None:
         full = self._full
         if full.tail_n > _TAIL_MIN and full.wants_merge():  # the first test: no call per add
-            full.merge(self._n_keys)
+            full.merge(self._n_keys, self._n)
         n = self._n
         if self._pre is not None and max(_SNAPSHOT_MIN, _RESNAPSHOT * self._snap_n) <= n <= _SNAPSHOT_MAX:
             self._build_prefix(self._pre_t)
@@ -997,7 +1071,7 @@ class RougeLIndex:
         # Large batch (or the first load): rebuild the CSR arrays in bulk.
         n = self._n
         docs = np.repeat(np.arange(n, dtype=np.int32), self._lens.a[:n])
-        self._full = _Postings.build(self._keys.a[: self._keys.n], docs, self._n_keys)
+        self._full = _Postings.build(self._keys.a[: self._keys.n], docs, self._n_keys, n, self._native is not None)
         del docs
         if self._pre is not None:
             self._build_prefix(self._pre_t)
@@ -1702,9 +1776,12 @@ class RougeLIndex:
             self._out, self._out_ov = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32)
         full, room = self._full, np.empty(runners, dtype=np.int32)
         tails = list(map(full.tail.get, keys)) if full.tail else [None] * len(keys)
+        bits, cover = None, 0
+        if full.bitsets is not None and full.bitsets.row_of:
+            bits, cover = [None] * n_scan + list(map(full.bitsets.row_of.get, keys[n_scan:])), full.bitsets.cover
         k, r = self._native.survivors(np.array(keys, dtype=np.int64), full.indptr, full.data, tails, n_scan,
                                       self._lens.a, need, limit, self._counts, self._out, self._out_ov,
-                                      room)  # fmt: skip
+                                      room, bits, cover)  # fmt: skip
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
     def _rarest_first(self, q: _Query) -> tuple[list[int], list[int]]:

@@ -18,13 +18,14 @@ pytestmark = pytest.mark.skipif(kernel is None, reason="the native kernel is not
 
 
 def _call(keys: list[int], indptr: np.ndarray, data: np.ndarray, tails: list[Any], n_scan: int, lens: np.ndarray,
-          need: np.ndarray, limit: int, runners: int = 0) -> tuple[dict[int, int], list[int]]:
+          need: np.ndarray, limit: int, runners: int = 0, bitsets: list[Any] | None = None,
+          cover: int = 0) -> tuple[dict[int, int], list[int]]:  # fmt: skip
     counts = np.zeros(limit + 3, dtype=np.uint16)
     out = np.empty(limit + 3, dtype=np.int32)
     ov = np.empty(limit + 3, dtype=np.int32)
     room = np.empty(runners, dtype=np.int32)
     k, r = kernel.survivors(np.asarray(keys, dtype=np.int64), indptr, data, tails, n_scan, lens, need, limit,
-                            counts, out, ov, room)  # fmt: skip
+                            counts, out, ov, room, bitsets, cover)  # fmt: skip
     assert not counts.any(), "the scratch counts must be left all zero"
     return dict(zip(out[:k].tolist(), ov[:k].tolist(), strict=True)), room[:r].tolist()
 
@@ -60,6 +61,49 @@ def test_survivors_are_the_texts_whose_overlap_reaches_need(seed: int) -> None:
     assert got == want
     assert len(runners) == len(set(runners)) <= 3
     assert all(d < limit and d not in got and holds[d] & set(query[:n_scan]) for d in runners)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bitsets_answer_the_common_keys_like_their_postings(seed: int) -> None:
+    # The same search with some keys' membership as bitsets below a cover (ids at or past it
+    # are searched in the postings), with and without runners-up (two loops in step 2).
+    rng = random.Random(seed)
+    n_texts, n_keys = rng.randint(1, 300), rng.randint(1, 12)
+    holds = [set(rng.sample(range(n_keys), rng.randint(0, n_keys))) for _ in range(n_texts)]
+    lens = np.array([len(h) + rng.randint(0, 3) for h in holds], dtype=np.int32)
+    split = rng.randint(0, n_texts)
+    csr = [[d for d in range(split) if k in holds[d]] for k in range(n_keys)]
+    indptr = np.concatenate(([0], np.cumsum([len(c) for c in csr]))).astype(np.int64)
+    data = np.array([d for c in csr for d in c], dtype=np.int32)
+    tails = [array("i", [d for d in range(split, n_texts) if k in holds[d]]) for k in range(n_keys)]
+    query = rng.sample(range(n_keys), rng.randint(1, n_keys))
+    need = np.array([rng.randint(1, 6) for _ in range(int(lens.max()) + 1)], dtype=np.int32)
+    limit = rng.randint(0, n_texts)
+    n_scan = len(query) - min(int(need.min()) - 1, len(query))
+    cover = rng.randint(0, n_texts)
+    bitsets: list[Any] = []
+    for k in query:
+        if rng.random() < 0.3:
+            bitsets.append(None)
+            continue
+        row = np.zeros(cover // 8 + rng.randint(1, 3), dtype=np.uint8)
+        for d in range(len(row) * 8):
+            # Past the cover the bits are wrong on purpose: they must not be read.
+            if (k in holds[d]) if d < cover else d % 2:
+                row[d >> 3] |= 1 << (d & 7)
+        bitsets.append(row)
+    query_tails = [tails[k] for k in query]
+    for runners in (0, 3):
+        plain = _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners)
+        assert _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners, bitsets, cover) == plain
+    want = {d: len(holds[d] & set(query)) for d in range(limit)
+            if holds[d] & set(query) and len(holds[d] & set(query)) >= need[lens[d]]}  # fmt: skip
+    assert plain[0] == want
+    with pytest.raises(ValueError, match="shorter than cover"):
+        _call(query, indptr, data, query_tails, n_scan, lens, need, limit, 0, [np.zeros(0, np.uint8)] * len(query),
+              cover + 9)  # fmt: skip
+    with pytest.raises(ValueError, match="len\\(bitsets\\)"):
+        _call(query, indptr, data, query_tails, n_scan, lens, need, limit, 0, bitsets + [None], cover)
 
 
 def test_bad_arguments_raise() -> None:

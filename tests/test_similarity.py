@@ -11,6 +11,7 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -304,6 +305,39 @@ def test_extend_and_add_build_the_same_index() -> None:
     with tiny_budgets():
         for q in queries:
             assert a.nearest(q) == b.nearest(q) == brute_nearest(pool, q)
+
+
+def test_the_common_keys_bitsets_follow_the_postings_as_the_pool_grows(kernel: str, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:  # fmt: skip
+    if kernel == "numpy":
+        pytest.skip("bitsets serve the native kernel only")
+    # Early texts repeat "early" (a row, later dropped as it grows rare); "late" becomes common
+    # only later (a row from then on); merges every few texts set the bits of each new text.
+    monkeypatch.setattr(similarity, "_TAIL_MIN", 8)
+    rng = random.Random(5)
+    pool = [" ".join(["early" if i < 5 else "late" if i > 200 and rng.random() < 0.5 else rng.choice(WORDS),
+                      *(rng.choice(WORDS) + str(rng.randint(0, 60)) for _ in range(4))])
+            for i in range(400)]  # fmt: skip
+    idx = RougeLIndex()
+    idx.extend(pool[:30])
+    seen = {}
+    for i, text in enumerate(pool[30:], start=30):
+        idx.add(text)
+        bitsets = idx._full.bitsets
+        assert bitsets is not None
+        for word in ("early", "late"):
+            if word in idx._vocab:
+                seen.setdefault(word, set()).add(idx._vocab[word] in bitsets.row_of)
+        if i % 37 == 0 or i == len(pool) - 1:
+            cover, df = bitsets.cover, idx._df.a
+            for key in range(idx._n_keys):
+                has = key in bitsets.row_of
+                if df[key] * similarity._BITSET_SHARE > cover and idx._full.get(key)[-1:].tolist() < [cover]:
+                    assert has  # common at the last merge (no postings since)
+                if has:
+                    bits = np.unpackbits(bitsets.row_of[key], bitorder="little")[:cover]
+                    assert np.flatnonzero(bits).tolist() == [d for d in idx._full.get(key).tolist() if d < cover]
+    assert seen == {"early": {True, False}, "late": {False, True}}
 
 
 # -- unicode tokenizer -----------------------------------------------------------------------
