@@ -110,6 +110,17 @@ static int has_id(const IdList *list, int32_t id)
     return 0;
 }
 
+/* Text id's length, or 0 with *bad set when the need table has no entry for it. */
+static inline int32_t length_of(const int32_t *lens, int32_t id, Py_ssize_t n_need, int *bad)
+{
+    int32_t m = lens[id];
+    if (m < 0 || m >= n_need) {
+        *bad = 1;
+        return 0;
+    }
+    return m;
+}
+
 /* survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners
  *           [, bitsets, cover]) -> (k, r)
  *
@@ -260,12 +271,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
             __builtin_prefetch(&lens[out[t + 16]]);
             __builtin_prefetch(&counts[out[t + 16]]);
         }
-        int32_t id = out[t];
-        int32_t m = lens[id];
-        if (m < 0 || m >= n_need) {
-            bad_length = 1;
-            m = 0;
-        }
+        int32_t id = out[t], m = length_of(lens, id, n_need, &bad_length);
         uint16_t c = counts[id];
         int keep = (Py_ssize_t)c + rest >= need[m];
         counts[id] = keep ? c : 0;
@@ -274,12 +280,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         alive += keep;
     }
     for (Py_ssize_t t = 0; t < touched && n_runners > 0; t++) {
-        int32_t id = out[t];
-        int32_t m = lens[id];
-        if (m < 0 || m >= n_need) {
-            bad_length = 1;
-            m = 0;
-        }
+        int32_t id = out[t], m = length_of(lens, id, n_need, &bad_length);
         uint16_t c = counts[id];
         if ((Py_ssize_t)c + rest >= need[m]) {
             out_ov[alive] = m; /* out_ov holds the lengths until step 4: no second read of lens */

@@ -30,35 +30,50 @@ def _call(keys: list[int], indptr: np.ndarray, data: np.ndarray, tails: list[Any
     return dict(zip(out[:k].tolist(), ov[:k].tolist(), strict=True)), room[:r].tolist()
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_survivors_are_the_texts_whose_overlap_reaches_need(seed: int) -> None:
-    rng = random.Random(seed)
-    n_texts, n_keys = rng.randint(1, 60), rng.randint(1, 12)
+def _random_texts(rng: random.Random, most: int
+                  ) -> tuple[list[set[int]], np.ndarray, int, list[list[int]], np.ndarray, np.ndarray]:  # fmt: skip
+    """Texts as sets of keys and their lengths; postings: CSR (per key, then indptr and data) for
+    the texts below ``split``, tails for the rest (ids in a tail follow the CSR ones)."""
+    n_texts, n_keys = rng.randint(1, most), rng.randint(1, 12)
     holds = [set(rng.sample(range(n_keys), rng.randint(0, n_keys))) for _ in range(n_texts)]
     lens = np.array([len(h) + rng.randint(0, 3) for h in holds], dtype=np.int32)
-    # Postings: CSR for the first texts, tails for the rest (ids in a tail follow the CSR ones).
     split = rng.randint(0, n_texts)
     csr = [[d for d in range(split) if k in holds[d]] for k in range(n_keys)]
     indptr = np.concatenate(([0], np.cumsum([len(c) for c in csr]))).astype(np.int64)
-    data = np.array([d for c in csr for d in c], dtype=np.int32)
+    return holds, lens, split, csr, indptr, np.array([d for c in csr for d in c], dtype=np.int32)
+
+
+def _random_query(rng: random.Random, holds: list[set[int]], lens: np.ndarray, n_keys: int
+                  ) -> tuple[list[int], np.ndarray, int, int]:  # fmt: skip
+    """Query keys, need table, limit, and n_scan as the caller guarantees it: a text holding none
+    of the first n_scan keys cannot reach need."""
+    query = rng.sample(range(n_keys), rng.randint(1, n_keys))
+    need = np.array([rng.randint(1, 6) for _ in range(int(lens.max()) + 1)], dtype=np.int32)
+    limit = rng.randint(0, len(holds))
+    return query, need, limit, len(query) - min(int(need.min()) - 1, len(query))
+
+
+def _reaching(holds: list[set[int]], lens: np.ndarray, query: list[int], need: np.ndarray, limit: int
+              ) -> dict[int, int]:  # fmt: skip
+    """Text -> overlap, for the texts below limit whose overlap with the query reaches need."""
+    overlaps = {d: len(holds[d] & set(query)) for d in range(limit)}
+    return {d: ov for d, ov in overlaps.items() if ov and ov >= need[lens[d]]}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_survivors_are_the_texts_whose_overlap_reaches_need(seed: int) -> None:
+    rng = random.Random(seed)
+    holds, lens, split, csr, indptr, data = _random_texts(rng, 60)
+    n_texts, n_keys = len(holds), len(csr)
     if rng.random() < 0.3:  # keys past the CSR arrays have only tails
         indptr = indptr[: rng.randint(1, len(indptr))]
         data = data[: indptr[-1]]
         csr = [c if k + 1 < len(indptr) else [] for k, c in enumerate(csr)]
     tails_by_key = {k: [d for d in range(n_texts) if k in holds[d] and d not in csr[k]] for k in range(n_keys)}
-    query = rng.sample(range(n_keys), rng.randint(1, n_keys))
-    need = np.array([rng.randint(1, 6) for _ in range(int(lens.max()) + 1)], dtype=np.int32)
-    limit = rng.randint(0, n_texts)
-    # The caller's guarantee: a text holding none of the first n_scan keys cannot reach need.
-    n_scan = len(query) - min(int(need.min()) - 1, len(query))
+    query, need, limit, n_scan = _random_query(rng, holds, lens, n_keys)
     tails = [array("i", tails_by_key[k]) if tails_by_key[k] else None for k in query]
     got, runners = _call(query, indptr, data, tails, n_scan, lens, need, limit, runners=3)
-    want = {}
-    for d in range(limit):
-        overlap = len(holds[d] & set(query))
-        if overlap and overlap >= need[lens[d]]:
-            want[d] = overlap
-    assert got == want
+    assert got == _reaching(holds, lens, query, need, limit)
     assert len(runners) == len(set(runners)) <= 3
     assert all(d < limit and d not in got and holds[d] & set(query[:n_scan]) for d in runners)
 
@@ -68,18 +83,10 @@ def test_bitsets_answer_the_common_keys_like_their_postings(seed: int) -> None:
     # The same search with some keys' membership as bitsets below a cover (ids at or past it
     # are searched in the postings), with and without runners-up (two loops in step 2).
     rng = random.Random(seed)
-    n_texts, n_keys = rng.randint(1, 300), rng.randint(1, 12)
-    holds = [set(rng.sample(range(n_keys), rng.randint(0, n_keys))) for _ in range(n_texts)]
-    lens = np.array([len(h) + rng.randint(0, 3) for h in holds], dtype=np.int32)
-    split = rng.randint(0, n_texts)
-    csr = [[d for d in range(split) if k in holds[d]] for k in range(n_keys)]
-    indptr = np.concatenate(([0], np.cumsum([len(c) for c in csr]))).astype(np.int64)
-    data = np.array([d for c in csr for d in c], dtype=np.int32)
+    holds, lens, split, csr, indptr, data = _random_texts(rng, 300)
+    n_texts, n_keys = len(holds), len(csr)
     tails = [array("i", [d for d in range(split, n_texts) if k in holds[d]]) for k in range(n_keys)]
-    query = rng.sample(range(n_keys), rng.randint(1, n_keys))
-    need = np.array([rng.randint(1, 6) for _ in range(int(lens.max()) + 1)], dtype=np.int32)
-    limit = rng.randint(0, n_texts)
-    n_scan = len(query) - min(int(need.min()) - 1, len(query))
+    query, need, limit, n_scan = _random_query(rng, holds, lens, n_keys)
     cover = rng.randint(0, n_texts)
     bitsets: list[Any] = []
     for k in query:
@@ -96,9 +103,7 @@ def test_bitsets_answer_the_common_keys_like_their_postings(seed: int) -> None:
     for runners in (0, 3):
         plain = _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners)
         assert _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners, bitsets, cover) == plain
-    want = {d: len(holds[d] & set(query)) for d in range(limit)
-            if holds[d] & set(query) and len(holds[d] & set(query)) >= need[lens[d]]}  # fmt: skip
-    assert plain[0] == want
+    assert plain[0] == _reaching(holds, lens, query, need, limit)
     with pytest.raises(ValueError, match="shorter than cover"):
         _call(query, indptr, data, query_tails, n_scan, lens, need, limit, 0, [np.zeros(0, np.uint8)] * len(query),
               cover + 9)  # fmt: skip
