@@ -1030,7 +1030,8 @@ static Py_ssize_t pop_top(Ranking *r)
     return top;
 }
 
-/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked]) -> (best, best_id)
+/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked[, overlaps]])
+ *     -> (best, best_id)
  *
  * Scores texts ids[0], ids[1], ... (int32 or int64) against the query: F from the LCS of
  * query and seqs[i] (one character per token) and the lengths n and lens[i]. Returns at once the
@@ -1040,15 +1041,53 @@ static Py_ssize_t pop_top(Ranking *r)
  *
  * ranked=True: ub need not be sorted; the texts are taken in descending ub, ascending id among
  * equal bounds (the order np.lexsort((ids, -ub)) gives), through a heap, so that a long list
- * cut after a few texts is not sorted whole. */
+ * cut after a few texts is not sorted whole.
+ *
+ * overlaps (int32, with ub None): the bounds are 2 min(overlaps[k], m) / (m + n), m = lens[ids[k]],
+ * the float numpy's 2 * np.minimum(ov, m) / (m + n) gives. */
+/* verify()'s bounds from overlaps into a new array *out (PyMem_Free it); -1 with an exception set. */
+static int make_bounds(PyObject *ov_obj, const Py_buffer *ids, const int32_t *lens, Py_ssize_t n_lens, int64_t n,
+                       Py_ssize_t count, double **out)
+{
+    Py_buffer view;
+    if (take_buffer(ov_obj, &view, 0, 4, "verify: overlaps") < 0)
+        return -1;
+    const int32_t *ov = view.buf;
+    double *bounds = NULL;
+    if (view.len / 4 < count) {
+        PyErr_SetString(PyExc_ValueError, "verify: overlaps is shorter than ids");
+        goto fail;
+    }
+    if ((bounds = PyMem_Malloc(sizeof(double) * (size_t)(count ? count : 1))) == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        int64_t i = int_item(ids, k);
+        if (i < 0 || i >= n_lens) {
+            PyErr_SetString(PyExc_IndexError, "verify: an id outside seqs or lens");
+            goto fail;
+        }
+        int64_t m = lens[i], o = ov[k] < m ? ov[k] : m;
+        bounds[k] = (double)(2 * o) / (double)(m + n);
+    }
+    PyBuffer_Release(&view);
+    *out = bounds;
+    return 0;
+fail:
+    PyMem_Free(bounds);
+    PyBuffer_Release(&view);
+    return -1;
+}
+
 static PyObject *verify(PyObject *self, PyObject *args)
 {
-    PyObject *query, *seqs, *ids_obj, *ub_obj, *lens_obj;
+    PyObject *query, *seqs, *ids_obj, *ub_obj, *lens_obj, *ov_obj = Py_None;
     long long n, best_id;
     double stop_above, cut_above, eps, best;
     int ranked = 0;
-    if (!PyArg_ParseTuple(args, "OO!OOOLddddL|p", &query, &PyList_Type, &seqs, &ids_obj, &ub_obj, &lens_obj, &n,
-                          &stop_above, &cut_above, &eps, &best, &best_id, &ranked))
+    if (!PyArg_ParseTuple(args, "OO!OOOLddddL|pO", &query, &PyList_Type, &seqs, &ids_obj, &ub_obj, &lens_obj, &n,
+                          &stop_above, &cut_above, &eps, &best, &best_id, &ranked, &ov_obj))
         return NULL;
     if (lcs_scorer == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "verify: bind_lcs() did not succeed");
@@ -1066,8 +1105,13 @@ static PyObject *verify(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     int have_ub = 0, have_lens = 0;
+    double *bounds = NULL; /* the bounds made from overlaps */
     Ranking rank = {NULL, NULL, NULL, 0};
     Py_ssize_t count = ids_view.len / ids_view.itemsize;
+    if (ub_obj != Py_None && ov_obj != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "verify: give ub or overlaps, not both");
+        goto done;
+    }
     if (ub_obj != Py_None) {
         if (take_buffer(ub_obj, &ub_view, 0, 8, "verify: ub") < 0)
             goto done;
@@ -1083,6 +1127,10 @@ static PyObject *verify(PyObject *self, PyObject *args)
     const int32_t *lens = lens_view.buf;
     Py_ssize_t n_lens = lens_view.len / 4, n_seqs = PyList_GET_SIZE(seqs);
     const double *ub = have_ub ? ub_view.buf : NULL;
+    if (ov_obj != Py_None && make_bounds(ov_obj, &ids_view, lens, n_lens, n, count, &bounds) < 0)
+        goto done;
+    if (bounds != NULL)
+        ub = bounds;
     if (ranked && ub == NULL) {
         PyErr_SetString(PyExc_ValueError, "verify: ranked needs ub");
         goto done;
@@ -1147,6 +1195,7 @@ static PyObject *verify(PyObject *self, PyObject *args)
         result = Py_BuildValue("dL", best, best_id);
 done:
     PyMem_Free(rank.heap);
+    PyMem_Free(bounds);
     PyBuffer_Release(&ids_view);
     if (have_ub)
         PyBuffer_Release(&ub_view);

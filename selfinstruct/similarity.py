@@ -1701,7 +1701,13 @@ class RougeLIndex:
         if self._native is not None:
             # One native pass: every text that can still reach best, with its exact overlap.
             need = self._native_min_shared(best, n)
-            cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit)
+            verifier = self._native_verifier()
+            cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit, copy=verifier is None)
+            if verifier is not None:  # the bounds from the overlaps in C (cand, acc: the scratch)
+                if len(cand):
+                    best, best_id = verifier.verify(self._qseq(q), self._seqs, cand, None, lens_all, n, _INF, -_INF,
+                                                    _EPS, best, best_id, True, acc)  # fmt: skip
+                return (0.0, None) if best_id < 0 else (best, best_id)
             m = lens_all[cand]
             rest = 0
         else:
@@ -1766,11 +1772,12 @@ class RougeLIndex:
         return best, best_id
 
     def _survivors(self, keys: list[int], n_scan: int, need: np.ndarray, limit: int,
-                   runners: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+                   runners: int = 0, copy: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
         """The native kernel: texts < limit holding any of ``keys`` (rarest first) whose overlap
         can reach ``need[m]``, and their exact overlaps (see _overlap.c); texts holding none of
         the first ``n_scan`` keys must be unable to. Also up to ``runners`` of the dropped texts
-        that came closest."""
+        that came closest. ``copy=False``: the ids and overlaps (int32) are views of scratch
+        that the next call overwrites."""
         if len(self._out) <= limit:  # the kernel writes one past the texts it keeps
             size = limit + (limit >> 2) + 1024
             self._counts = np.zeros(size, dtype=np.uint16)
@@ -1783,6 +1790,8 @@ class RougeLIndex:
         k, r = self._native.survivors(np.array(keys, dtype=np.int64), full.indptr, full.data, tails, n_scan,
                                       self._lens.a, need, limit, self._counts, self._out, self._out_ov,
                                       room, bits, cover)  # fmt: skip
+        if not copy:
+            return self._out[:k], self._out_ov[:k], room[:r].tolist()
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()
 
     def _rarest_first(self, q: _Query) -> tuple[list[int], list[int]]:

@@ -493,7 +493,8 @@ def test_ranked_verify_takes_the_texts_in_lexsort_order(seed: int) -> None:
     """ranked=True takes unsorted bounds and visits the texts as np.lexsort((ids, -ub)) orders them
     (highest bound first, lowest id among equal ones): the same (F, id) as the sorted call, for
     every way of stopping. The bounds here are arbitrary, with many ties, so that any other order
-    stops elsewhere and shows."""
+    stops elsewhere and shows. Given overlaps instead of bounds (the nearest's last step), the
+    kernel makes numpy's bounds from them: the same floats, so the same (F, id)."""
     if not similarity._NATIVE_LCS:
         pytest.skip("the native kernel cannot call this rapidfuzz")
     rng = random.Random(seed)
@@ -510,6 +511,10 @@ def test_ranked_verify_takes_the_texts_in_lexsort_order(seed: int) -> None:
             args = (len(q), stop_above, cut_above, 1e-9, best, best_id)
             expected = kernel.verify(q, seqs, ids[order], ub[order], lens, *args)
             assert kernel.verify(q, seqs, ids, ub, lens, *args, True) == expected
+        ov = np.array([rng.randint(0, 35) for _ in ids], dtype=np.int32)  # some above the length
+        ov_ub = 2 * np.minimum(ov.astype(np.int64), lens[ids]) / (lens[ids] + len(q))
+        for args in [(len(q), inf, -inf, 1e-9, -1.0, -1, True), (len(q), 0.5, inf, 1e-9, -1.0, -1, True)]:
+            assert kernel.verify(q, seqs, ids, None, lens, *args, ov) == kernel.verify(q, seqs, ids, ov_ub, lens, *args)
 
 
 def test_native_verify_refuses_bad_arguments() -> None:
@@ -537,6 +542,15 @@ def test_native_verify_refuses_bad_arguments() -> None:
         kernel.verify("", seqs, np.array([0], dtype=np.int64), None, lens, 0, inf, inf, 1e-9, -1.0, -1)
     with pytest.raises(ValueError):  # ranked: by the bounds, which must be there
         kernel.verify("ab", seqs, np.array([0, 1], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1, True)
+    two, ov = np.array([0, 1], dtype=np.int64), np.array([1, 1], dtype=np.int32)
+    with pytest.raises(ValueError):  # bounds and overlaps both
+        kernel.verify("ab", seqs, two, np.array([1.0, 1.0]), lens, 2, inf, inf, 1e-9, -1.0, -1, True, ov)
+    with pytest.raises(ValueError):  # fewer overlaps than ids
+        kernel.verify("ab", seqs, two, None, lens, 2, inf, inf, 1e-9, -1.0, -1, True, ov[:1])
+    with pytest.raises(IndexError):  # an id past the lengths, met while making the bounds
+        kernel.verify("ab", seqs, np.array([0, 5], dtype=np.int64), None, lens, 2, inf, inf, 1e-9, -1.0, -1, True, ov)
+    with pytest.raises(TypeError):  # overlaps of 8 bytes
+        kernel.verify("ab", seqs, two, None, lens, 2, inf, inf, 1e-9, -1.0, -1, True, ov.astype(np.int64))
 
 
 @pytest.mark.parametrize("seed", range(5))
