@@ -436,7 +436,7 @@ class _Postings:
     The tail is one ``array('i')`` per key (4 bytes an entry; ``np.frombuffer`` reads it without
     a copy); :meth:`merge` moves it into the CSR arrays with one ``np.insert``.
     With ``bitsets``, the most common keys also keep a bitset of the texts holding them
-    (:class:`_Bitsets`), for the texts the CSR arrays held at the last merge: adds cost nothing more.
+    (:class:`_Bitsets`), for the texts the CSR arrays held at the last merge (updated by merge).
     """
 
     __slots__ = ("indptr", "data", "tail", "tail_n", "bitsets")
