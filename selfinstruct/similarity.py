@@ -1701,15 +1701,8 @@ class RougeLIndex:
         if self._native is not None:
             # One native pass: every text that can still reach best, with its exact overlap.
             need = self._native_min_shared(best, n)
-            verifier = self._native_verifier()
-            cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit, copy=verifier is None)
-            if verifier is not None:  # the bounds from the overlaps in C (cand, acc: the scratch)
-                if len(cand):
-                    best, best_id = verifier.verify(self._qseq(q), self._seqs, cand, None, lens_all, n, _INF, -_INF,
-                                                    _EPS, best, best_id, True, acc)  # fmt: skip
-                return (0.0, None) if best_id < 0 else (best, best_id)
-            m = lens_all[cand]
-            rest = 0
+            # Views of the kernel's scratch, read by _best_of_ranked before any other call.
+            cand, acc, _ = self._survivors(qkeys, n_prefix, need, limit, copy=False)
         else:
             if cum[n_prefix - 1] * 4 >= limit:
                 # Most texts are hit: filter the dense counts before gathering anything.
@@ -1739,22 +1732,27 @@ class RougeLIndex:
                     pos = np.minimum(np.searchsorted(p, cand), len(p) - 1)
                     acc = acc + (p[pos] == cand)
                 rest -= 1
+            acc = acc + rest  # at most this many shared keys
         if len(cand):
-            best, best_id = self._best_of_ranked(q, cand, 2 * np.minimum(acc + rest, m) / (m + n), best, best_id)
+            best, best_id = self._best_of_ranked(q, cand, acc, best, best_id)
         if best_id < 0:  # only when before= hides every text sharing a token
             return 0.0, None
         return best, best_id
 
-    def _best_of_ranked(self, q: _Query, cand: np.ndarray, ub: np.ndarray, best: float,
+    def _best_of_ranked(self, q: _Query, cand: np.ndarray, shared: np.ndarray, best: float,
                         best_id: int) -> tuple[float, int]:  # fmt: skip
-        """Raise (best, best_id) with the texts ``cand``, whose F is at most ``ub``: scored in
-        descending bound order, in growing chunks, until no bound left reaches best."""
+        """Raise (best, best_id) with the texts ``cand``, which share at most ``shared`` keys with
+        the query, so F <= 2 min(shared, m) / (m + n): scored in descending bound order, in growing
+        chunks, until no bound left reaches best."""
         native = self._native_verifier()
         if native is not None:  # the loop below in C, cutting after each text rather than each chunk,
-            # taking the texts off a heap (most are cut: sorting them all cost more than scoring)
-            f, i = native.verify(self._qseq(q), self._seqs, cand, ub, self._lens.a, q.n, _INF, -_INF,
-                                 _EPS, best, best_id, True)  # fmt: skip
+            # taking the texts off a heap (most are cut: sorting them all cost more than scoring); it
+            # makes the bounds too (the same floats)
+            f, i = native.verify(self._qseq(q), self._seqs, cand, None, self._lens.a, q.n, _INF, -_INF, _EPS,
+                                 best, best_id, True, np.asarray(shared, dtype=np.int32))  # fmt: skip
             return f, i
+        m = self._lens.a[cand]
+        ub = 2 * np.minimum(shared, m) / (m + q.n)
         order = np.argsort(-ub, kind="stable")
         cand, neg_ub = cand[order], -ub[order]
         start, chunk = 0, _FIRST_CHUNK
