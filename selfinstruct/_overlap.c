@@ -1030,21 +1030,6 @@ static Py_ssize_t pop_top(Ranking *r)
     return top;
 }
 
-/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked[, overlaps]])
- *     -> (best, best_id)
- *
- * Scores texts ids[0], ids[1], ... (int32 or int64) against the query: F from the LCS of
- * query and seqs[i] (one character per token) and the lengths n and lens[i]. Returns at once the
- * first (F, id) with F > stop_above. Otherwise raises (best, best_id) -- the highest F, the
- * smallest id on ties -- and returns it; once best > cut_above, stops at the first k with
- * ub[k] < best - eps (ub: float64 upper bounds, descending; None: no cut).
- *
- * ranked=True: ub need not be sorted; the texts are taken in descending ub, ascending id among
- * equal bounds (the order np.lexsort((ids, -ub)) gives), through a heap, so that a long list
- * cut after a few texts is not sorted whole.
- *
- * overlaps (int32, with ub None): the bounds are 2 min(overlaps[k], m) / (m + n), m = lens[ids[k]],
- * the float numpy's 2 * np.minimum(ov, m) / (m + n) gives. */
 /* verify()'s bounds from overlaps into a new array *out (PyMem_Free it); -1 with an exception set. */
 static int make_bounds(PyObject *ov_obj, const Py_buffer *ids, const int32_t *lens, Py_ssize_t n_lens, int64_t n,
                        Py_ssize_t count, double **out)
@@ -1080,6 +1065,21 @@ fail:
     return -1;
 }
 
+/* verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked[, overlaps]])
+ *     -> (best, best_id)
+ *
+ * Scores texts ids[0], ids[1], ... (int32 or int64) against the query: F from the LCS of
+ * query and seqs[i] (one character per token) and the lengths n and lens[i]. Returns at once the
+ * first (F, id) with F > stop_above. Otherwise raises (best, best_id) -- the highest F, the
+ * smallest id on ties -- and returns it; once best > cut_above, stops at the first k with
+ * ub[k] < best - eps (ub: float64 upper bounds, descending; None: no cut).
+ *
+ * ranked=True: ub need not be sorted; the texts are taken in descending ub, ascending id among
+ * equal bounds (the order np.lexsort((ids, -ub)) gives), through a heap, so that a long list
+ * cut after a few texts is not sorted whole.
+ *
+ * overlaps (int32, with ub None): the bounds are 2 min(overlaps[k], m) / (m + n), m = lens[ids[k]],
+ * the float numpy's 2 * np.minimum(ov, m) / (m + n) gives. */
 static PyObject *verify(PyObject *self, PyObject *args)
 {
     PyObject *query, *seqs, *ids_obj, *ub_obj, *lens_obj, *ov_obj = Py_None;
@@ -1667,8 +1667,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
-     "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners) -> (k, r): the texts whose token "
-     "overlap with a query can reach a bar, and their exact overlaps (see selfinstruct/_overlap.c)."},
+     "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners[, bitsets, cover]) -> "
+     "(k, r): the texts whose token overlap with a query can reach a bar, and their exact overlaps (see "
+     "selfinstruct/_overlap.c)."},
     {"prefix_hits", prefix_hits, METH_VARARGS,
      "prefix_hits(runs, small, lows, highs, tags, n_keys, n_rare, qtop, q_rest, need, lens, capped, limit, out_doc, "
      "out_qi, out_j[, span_need, span_jmax]) -> k: the prefix-index entries in the ranges that pass the first bound "
@@ -1679,7 +1680,8 @@ static PyMethodDef methods[] = {
     {"bind_lcs", bind_lcs, METH_O,
      "bind_lcs(rapidfuzz.distance.LCSseq.similarity) -> bool: whether verify() can call that scorer natively."},
     {"verify", verify, METH_VARARGS,
-     "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked]) -> (best, best_id): "
+     "verify(query, seqs, ids, ub, lens, n, stop_above, cut_above, eps, best, best_id[, ranked[, overlaps]]) -> "
+     "(best, best_id): "
      "exact ROUGE-L F of a query with texts through rapidfuzz's LCS, best first (see selfinstruct/_overlap.c)."},
     {"query_keys", query_keys, METH_VARARGS,
      "query_keys(tokens, vocab, more) -> (keys, tids) | None: a query's known token ids and keys (see "
