@@ -121,8 +121,147 @@ static inline int32_t length_of(const int32_t *lens, int32_t id, Py_ssize_t n_ne
     return m;
 }
 
+/* Offers a dropped text to the runners-up runners[:*r]: most keys held first, then shortest
+ * (insertion into at most min(n_runners, 64)). */
+static inline void offer_runner(int32_t id, uint16_t c, int32_t m, int32_t *runners, uint16_t *runner_count,
+                                int32_t *runner_len, Py_ssize_t n_runners, Py_ssize_t *r)
+{
+    Py_ssize_t at = *r;
+    while (at > 0 && (runner_count[at - 1] < c || (runner_count[at - 1] == c && runner_len[at - 1] > m)))
+        at--;
+    if (at < n_runners && at < 64) {
+        Py_ssize_t last = *r < n_runners && *r < 64 ? *r : *r - 1;
+        for (Py_ssize_t x = last; x > at; x--) {
+            runners[x] = runners[x - 1];
+            runner_count[x] = runner_count[x - 1];
+            runner_len[x] = runner_len[x - 1];
+        }
+        runners[at] = id;
+        runner_count[at] = c;
+        runner_len[at] = m;
+        if (last == *r)
+            (*r)++;
+    }
+}
+
+/* Word w (texts 64w .. 64w + 63) of a bitset, zero past bit `end` (the bytes there are not read). */
+static inline uint64_t bit_word(const uint8_t *bits, Py_ssize_t w, Py_ssize_t end)
+{
+    uint64_t x = 0;
+    Py_ssize_t first = w * 64;
+    if (first + 64 <= end) {
+        memcpy(&x, bits + 8 * w, 8);
+        return x;
+    }
+    memcpy(&x, bits + 8 * w, (size_t)((end - first + 7) >> 3));
+    return x & (((uint64_t)1 << (end - first)) - 1); /* end - first < 64 here */
+}
+
+/* The planes (a binary count, plane j holding bit j) of how many of the n_bits bitsets hold each
+ * text of words w .. w + 3 (all below the end of the bitsets), four words a lane: the bitsets are
+ * added four at a time through carry-save adders (a + b + c as two bits, five operations), the
+ * carries of weight four rippled into the planes above. One function per number of planes, so
+ * that they stay in registers. */
+typedef uint64_t lanes4 __attribute__((vector_size(32)));
+#define CSA(h, l, a, b, c)                                                                                   \
+    do {                                                                                                     \
+        lanes4 u_ = (a) ^ (b);                                                                               \
+        (h) = ((a) & (b)) | (u_ & (c));                                                                      \
+        (l) = u_ ^ (c);                                                                                      \
+    } while (0)
+#define DEFINE_COUNT_CHUNK(P)                                                                                 \
+    static void count_chunk_##P(const uint8_t *const *bits, Py_ssize_t n_bits, Py_ssize_t w,                 \
+                                uint64_t plane[][4])                                                         \
+    {                                                                                                        \
+        lanes4 p[P];                                                                                         \
+        for (int j = 0; j < P; j++)                                                                          \
+            p[j] = (lanes4){0, 0, 0, 0};                                                                     \
+        Py_ssize_t b = 0;                                                                                    \
+        for (; b + 4 <= n_bits; b += 4) {                                                                    \
+            lanes4 x0, x1, x2, x3, twos_a, twos_b, fours;                                                    \
+            memcpy(&x0, bits[b] + 8 * w, 32);                                                                \
+            memcpy(&x1, bits[b + 1] + 8 * w, 32);                                                            \
+            memcpy(&x2, bits[b + 2] + 8 * w, 32);                                                            \
+            memcpy(&x3, bits[b + 3] + 8 * w, 32);                                                            \
+            CSA(twos_a, p[0], p[0], x0, x1);                                                                 \
+            CSA(twos_b, p[0], p[0], x2, x3);                                                                 \
+            CSA(fours, p[1], p[1], twos_a, twos_b);                                                          \
+            for (int j = 2; j < P; j++) {                                                                    \
+                lanes4 next = p[j] & fours;                                                                  \
+                p[j] ^= fours;                                                                               \
+                fours = next;                                                                                \
+            }                                                                                                \
+        }                                                                                                    \
+        for (; b < n_bits; b++) {                                                                            \
+            lanes4 carry;                                                                                    \
+            memcpy(&carry, bits[b] + 8 * w, 32);                                                             \
+            for (int j = 0; j < P; j++) {                                                                    \
+                lanes4 next = p[j] & carry;                                                                  \
+                p[j] ^= carry;                                                                               \
+                carry = next;                                                                                \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int j = 0; j < P; j++)                                                                          \
+            for (int lane = 0; lane < 4; lane++)                                                             \
+                plane[j][lane] = p[j][lane];                                                                 \
+    }
+DEFINE_COUNT_CHUNK(2)
+DEFINE_COUNT_CHUNK(3)
+DEFINE_COUNT_CHUNK(4)
+DEFINE_COUNT_CHUNK(5)
+DEFINE_COUNT_CHUNK(16)
+
+/* count_chunk for one word, any part of which may lie past `end` (read up to there only). */
+static void count_word(const uint8_t *const *bits, Py_ssize_t n_bits, Py_ssize_t w, Py_ssize_t end, int n_planes,
+                       uint64_t plane[][4], int lane)
+{
+    uint64_t p[16] = {0};
+    for (Py_ssize_t b = 0; b < n_bits; b++) {
+        uint64_t carry = bit_word(bits[b], w, end);
+        for (int j = 0; j < n_planes; j++) {
+            uint64_t next = p[j] & carry;
+            p[j] ^= carry;
+            carry = next;
+        }
+    }
+    for (int j = 0; j < n_planes; j++)
+        plane[j][lane] = p[j];
+}
+
+/* Of the texts in `among`, those whose count (in n_planes planes) is at least v: compared from the
+ * top plane down. */
+static inline uint64_t at_least(const uint64_t *plane, int n_planes, Py_ssize_t v, uint64_t among)
+{
+    uint64_t above = 0, equal = among; /* count > v, == v so far */
+    for (int j = n_planes - 1; j >= 0 && equal != 0; j--) {
+        if ((v >> j) & 1) {
+            equal &= plane[j];
+        } else {
+            above |= equal & plane[j];
+            equal &= ~plane[j];
+        }
+    }
+    return above | equal;
+}
+
+/* The dense count's cost against the postings', in units of about a nanosecond: a word of 64 texts
+ * costs DENSE_WORD plus DENSE_KEY per bitset added to it; a posting of a scanned key about
+ * SPARSE_POSTING (its count, and the length check of the texts it is the first of); a text the dense
+ * count looks at one by one DENSE_HIT. */
+#define DENSE_WORD 4
+#define DENSE_KEY 1.5
+#define DENSE_GROUP 1
+#define SPARSE_POSTING 4
+#define DENSE_HIT 4
+/* Length classes of the dense count: class b holds the texts of BUCKET_START[b] .. BUCKET_START[b + 1]
+ * - 1 tokens (similarity.py's _LENGTH_CLASSES are the same numbers). */
+#define N_BUCKETS 8
+static const int32_t BUCKET_START[N_BUCKETS + 1] = {0, 4, 8, 12, 16, 20, 28, 40, INT32_MAX};
+/* Runners-up are looked for among texts holding at least this many keys fewer than a survivor must. */
+#define DENSE_RUNNER_SLACK 2
+
 /* survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners
- *           [, bitsets, cover]) -> (k, r)
+ *           [, bitsets, cover[, mode[, length_rows]]]) -> (k, r)
  *
  * keys:   int64, the query's keys, rarest first. Key k's postings (the ascending ids of the texts
  *         holding it) are data[indptr[k]:indptr[k + 1]] (int64 indptr, int32 data; none when
@@ -140,16 +279,29 @@ static inline int32_t length_of(const int32_t *lens, int32_t id, Py_ssize_t n_ne
  * bitsets, cover: optional, like tails: None or key i's postings below id cover as a bitset
  *         (uint8, bit id & 7 of byte id >> 3). Step 3 then asks "does text id hold the key?" of a
  *         few kilobytes instead of a pass over the key's long postings (ids >= cover: a search).
+ * mode:   -1 (default): the kernel picks the dense count below when it costs less; 0: never; 1: whenever
+ *         it can.
+ * length_rows: optional, for the dense count: N_BUCKETS rows of bits (uint8, rows of equal width, each
+ *         at least cover bits) marking the texts below cover by length class (see BUCKET_START).
+ * The dense count, for the texts below d = min(cover, limit): 64 texts at a time, the bitsets of all
+ * keys that have one are added bit-sliced (planes of a binary count, in registers), the scanned keys
+ * without one are counted from their postings, and only the texts whose count can reach need are
+ * looked at one by one (a text must count at least what the shortest length of its class needs). For keys held by a few percent of the texts each (a small vocabulary, no
+ * rare words) this replaces tens of thousands of postings and length checks with a few bit
+ * operations per key and word. It needs every text that can reach need to hold at least one of
+ * the bitset keys (so that the bit-sliced count can select them). Same survivors and overlaps;
+ * the runners-up are then taken among the texts holding nearly enough keys (all of them counted).
  * Returns (k, r): out[:k] the surviving ids (no order), out_ov[:k] their exact overlaps, and
  * runners[:r] (best first).
  */
 static PyObject *survivors(PyObject *self, PyObject *args)
 {
     PyObject *keys_obj, *indptr_obj, *data_obj, *tails_obj, *lens_obj, *need_obj, *counts_obj, *out_obj, *ov_obj,
-        *runners_obj, *bitsets_obj = Py_None;
-    Py_ssize_t n_scan, limit, cover = 0;
-    if (!PyArg_ParseTuple(args, "OOOOnOOnOOOO|On", &keys_obj, &indptr_obj, &data_obj, &tails_obj, &n_scan, &lens_obj,
-                          &need_obj, &limit, &counts_obj, &out_obj, &ov_obj, &runners_obj, &bitsets_obj, &cover))
+        *runners_obj, *bitsets_obj = Py_None, *length_obj = Py_None;
+    Py_ssize_t n_scan, limit, cover = 0, mode = -1;
+    if (!PyArg_ParseTuple(args, "OOOOnOOnOOOO|OnnO", &keys_obj, &indptr_obj, &data_obj, &tails_obj, &n_scan,
+                          &lens_obj, &need_obj, &limit, &counts_obj, &out_obj, &ov_obj, &runners_obj, &bitsets_obj, &cover,
+                          &mode, &length_obj))
         return NULL;
     PyObject *seq = PySequence_Fast(tails_obj, "tails must be a sequence");
     if (seq == NULL)
@@ -173,8 +325,21 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     int have = 0; /* views taken so far */
     Py_ssize_t k = -1, r = 0;
     IdList *lists = NULL;
+    const uint8_t **dense_bits = NULL;
+    uint8_t *made_bits = NULL;
+    Py_buffer length_view;
+    int has_length = 0;
     if ((have = take_buffers(wanted, N_VIEWS, views)) < N_VIEWS)
         goto done;
+    if (length_obj != Py_None) {
+        if (take_buffer(length_obj, &length_view, 0, 1, "length_rows") < 0)
+            goto done;
+        has_length = 1;
+        if (length_view.len % N_BUCKETS != 0 || length_view.len / N_BUCKETS < (cover + 7) / 8) {
+            PyErr_SetString(PyExc_ValueError, "length_rows: need 8 rows of at least cover bits");
+            goto done;
+        }
+    }
     const Py_ssize_t n_need = views[NEED].len / 4;
     if (bit_seq != NULL && (PySequence_Fast_GET_SIZE(bit_seq) != n_lists || cover < 0)) {
         PyErr_SetString(PyExc_ValueError, "need len(bitsets) == len(keys) and cover >= 0");
@@ -246,14 +411,104 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     int32_t runner_len[64];
     int bad_length = 0;
 
+    /* The dense count: whether it can be used and costs less than reading the postings of the
+     * scanned bitset keys. The keys without a bitset get one for the call (made from their postings
+     * below dense_end), so that every key is counted in the planes. */
+    Py_ssize_t dense_end = 0, n_bits = 0, n_made = 0, made_width = 0, made_postings = 0;
+    Py_ssize_t group_floor[N_BUCKETS];
+    unsigned group_classes[N_BUCKETS];
+    int n_groups = 0;
+    if (bit_seq != NULL && mode != 0) {
+        dense_end = cover < limit ? cover : limit;
+        if (dense_end > INT32_MAX)
+            dense_end = INT32_MAX;
+        double sparse_cost = 0, held = 0;
+        for (Py_ssize_t i = 0; i < n_lists; i++) {
+            for (int part = 0; part < 2; part++) {
+                Py_ssize_t below = lower_bound(lists[i].ids[part], lists[i].len[part], (int32_t)dense_end);
+                held += (double)below;
+                if (lists[i].bits == NULL)
+                    made_postings += below;
+                else if (i < n_scan)
+                    sparse_cost += (double)below;
+            }
+            n_bits += lists[i].bits != NULL;
+        }
+        n_made = n_lists - n_bits;
+        /* Per length class, the fewest keys a text of that class must hold (the need of its shortest
+         * length that can reach need); classes with equal values form a group. Without
+         * length_rows, one class of all lengths. */
+        int n_classes = has_length ? N_BUCKETS : 1;
+        Py_ssize_t lowest = -1;
+        for (int b = 0; b < n_classes; b++) {
+            Py_ssize_t lo = has_length ? BUCKET_START[b] : 0, hi = has_length ? BUCKET_START[b + 1] : n_need;
+            int32_t fewest = -1;
+            for (Py_ssize_t m = lo; m < hi && m < n_need; m++)
+                if (need[m] <= m && (fewest < 0 || need[m] < fewest))
+                    fewest = need[m];
+            if (fewest < 0)
+                continue; /* no text of the class can reach need */
+            if (lowest < 0 || fewest < lowest)
+                lowest = fewest;
+            int g = 0;
+            while (g < n_groups && group_floor[g] != fewest)
+                g++;
+            if (g == n_groups) {
+                group_floor[g] = fewest;
+                group_classes[g] = 0;
+                n_groups++;
+            }
+            group_classes[g] |= 1u << b;
+        }
+        double n_words = (double)((dense_end + 63) / 64);
+        /* The texts it looks at one by one: those holding at least the lowest floor (less the
+         * runners-up's slack), as if keys were held independently (a Poisson tail). */
+        Py_ssize_t floor_low = lowest - (n_runners > 0 ? DENSE_RUNNER_SLACK : 0);
+        double mean = dense_end > 0 ? held / (double)dense_end : 0, term = exp(-mean), below = 0;
+        for (Py_ssize_t k = 0; k < floor_low; k++) {
+            below += term;
+            term *= mean / (double)(k + 1);
+        }
+        double hits = (double)dense_end * (below < 1 ? 1 - below : 0);
+        double dense_cost = n_words * (DENSE_WORD + DENSE_KEY * (double)n_lists + DENSE_GROUP * (double)n_groups) +
+                            (double)made_postings + DENSE_HIT * hits;
+        /* At floor 1 every text holding a key is looked at, as the postings' length check does. */
+        if (dense_end <= 0 || n_bits == 0 || n_groups == 0 || lowest < 1 ||
+            (mode < 0 && (floor_low < 2 || dense_cost >= sparse_cost * SPARSE_POSTING)))
+            dense_end = 0;
+    }
+    if (dense_end > 0) {
+        made_width = (dense_end + 255) / 256 * 32; /* whole chunks of four words */
+        dense_bits = PyMem_Malloc((size_t)n_lists * sizeof(*dense_bits));
+        made_bits = n_made ? PyMem_Calloc((size_t)n_made, (size_t)made_width) : NULL;
+        if (dense_bits == NULL || (n_made && made_bits == NULL)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t i = 0, b = 0; i < n_lists; i++)
+            dense_bits[i] = lists[i].bits != NULL ? lists[i].bits : made_bits + made_width * b++;
+    }
+
     Py_BEGIN_ALLOW_THREADS
+    /* 0. Dense count: bitsets for the keys without one. */
+    for (Py_ssize_t i = 0; i < n_lists && dense_end > 0; i++) {
+        uint8_t *row = (uint8_t *)dense_bits[i];
+        for (int part = 0; part < 2 && lists[i].bits == NULL; part++) {
+            const int32_t *ids = lists[i].ids[part];
+            for (Py_ssize_t j = 0, len = lists[i].len[part]; j < len && ids[j] < dense_end; j++)
+                if (ids[j] >= 0)
+                    row[ids[j] >> 3] |= (uint8_t)(1u << (ids[j] & 7));
+        }
+    }
     /* 1. Count the scanned lists per text; out collects each text once (written always, kept
-     *    when new: most postings are a text's first, and a branch on it mispredicts). */
+     *    when new: most postings are a text's first, and a branch on it mispredicts). With the
+     *    dense count, only the texts from dense_end on. */
     Py_ssize_t touched = 0;
     for (Py_ssize_t i = 0; i < n_scan; i++) {
         for (int part = 0; part < 2; part++) {
             const int32_t *ids = lists[i].ids[part];
-            for (Py_ssize_t j = 0, len = lists[i].len[part]; j < len; j++) {
+            Py_ssize_t len = lists[i].len[part];
+            for (Py_ssize_t j = dense_end > 0 ? lower_bound(ids, len, (int32_t)dense_end) : 0; j < len; j++) {
                 int32_t id = ids[j];
                 if (id >= limit || id < 0)
                     break; /* ascending: the rest is past the limit */
@@ -288,22 +543,84 @@ static PyObject *survivors(PyObject *self, PyObject *args)
             continue;
         }
         counts[id] = 0;
-        /* Keep the best dropped ones: most keys held, then shortest (insertion into r <= 64). */
-        Py_ssize_t at = r;
-        while (at > 0 && (runner_count[at - 1] < c || (runner_count[at - 1] == c && runner_len[at - 1] > m)))
-            at--;
-        if (at < n_runners && at < 64) {
-            Py_ssize_t last = r < n_runners && r < 64 ? r : r - 1;
-            for (Py_ssize_t x = last; x > at; x--) {
-                runners[x] = runners[x - 1];
-                runner_count[x] = runner_count[x - 1];
-                runner_len[x] = runner_len[x - 1];
+        offer_runner(id, c, m, runners, runner_count, runner_len, n_runners, &r); /* keep the best dropped ones */
+    }
+    /* 2b. Dense count: the planes of each word of 64 texts, then one by one the texts counting at
+     *     least their group's floor (a little less to find runners-up). A survivor's count is
+     *     marked in counts until the scanned keys' postings are cleared behind it. */
+    int n_planes = 1;
+    while (((Py_ssize_t)1 << n_planes) <= n_lists)
+        n_planes++;
+    for (int g = 0; g < n_groups; g++) {
+        group_floor[g] -= n_runners > 0 ? DENSE_RUNNER_SLACK : 0;
+        if (group_floor[g] < 1)
+            group_floor[g] = 1;
+    }
+    /* The lowest floor first: a word with no text reaching it needs nothing more. */
+    const uint8_t *group_rows[N_BUCKETS][N_BUCKETS];
+    int group_n_rows[N_BUCKETS];
+    Py_ssize_t lowest_floor = n_groups > 0 ? group_floor[0] : 0;
+    for (int g = 0; g < n_groups; g++) {
+        group_n_rows[g] = 0;
+        for (int b = 0; b < N_BUCKETS && has_length; b++)
+            if (group_classes[g] >> b & 1)
+                group_rows[g][group_n_rows[g]++] = (const uint8_t *)length_view.buf + b * (length_view.len / N_BUCKETS);
+        if (group_floor[g] < lowest_floor)
+            lowest_floor = group_floor[g];
+    }
+    const Py_ssize_t n_words = (dense_end + 63) / 64;
+    uint64_t chunk[16][4];
+    for (Py_ssize_t w = 0; w < n_words && lowest_floor <= n_lists; w++) {
+        if (w % 4 == 0) {
+            if ((w + 4) * 64 <= dense_end) {
+                switch (n_planes) {
+                case 1:
+                case 2:
+                    count_chunk_2(dense_bits, n_lists, w, chunk);
+                    break;
+                case 3:
+                    count_chunk_3(dense_bits, n_lists, w, chunk);
+                    break;
+                case 4:
+                    count_chunk_4(dense_bits, n_lists, w, chunk);
+                    break;
+                case 5:
+                    count_chunk_5(dense_bits, n_lists, w, chunk);
+                    break;
+                default:
+                    count_chunk_16(dense_bits, n_lists, w, chunk);
+                }
+            } else {
+                for (int lane = 0; lane < 4 && w + lane < n_words; lane++)
+                    count_word(dense_bits, n_lists, w + lane, dense_end, n_planes, chunk, lane);
             }
-            runners[at] = id;
-            runner_count[at] = c;
-            runner_len[at] = m;
-            if (last == r)
-                r++;
+        }
+        uint64_t plane[16];
+        for (int j = 0; j < n_planes; j++)
+            plane[j] = chunk[j][w % 4];
+        uint64_t reach = at_least(plane, n_planes, lowest_floor, ~(uint64_t)0), hits = 0;
+        for (int g = 0; g < n_groups && reach != 0; g++) {
+            if (group_floor[g] > n_lists)
+                continue;
+            uint64_t in_group = has_length ? 0 : ~(uint64_t)0;
+            for (int k = 0; k < group_n_rows[g]; k++)
+                in_group |= bit_word(group_rows[g][k], w, dense_end);
+            in_group &= reach;
+            hits |= group_floor[g] == lowest_floor ? in_group : at_least(plane, n_planes, group_floor[g], in_group);
+        }
+        for (; hits != 0; hits &= hits - 1) {
+            int bit = __builtin_ctzll(hits);
+            int32_t id = (int32_t)(w * 64 + bit), m = length_of(lens, id, n_need, &bad_length);
+            uint32_t c = 0;
+            for (int j = 0; j < n_planes; j++)
+                c += (uint32_t)((plane[j] >> bit) & 1) << j;
+            if ((Py_ssize_t)c >= need[m]) {
+                counts[id] = (uint16_t)c;
+                out_ov[alive] = m;
+                out[alive++] = id;
+            } else if (n_runners > 0) {
+                offer_runner(id, (uint16_t)c, m, runners, runner_count, runner_len, n_runners, &r);
+            }
         }
     }
     /* 3. The common keys, least common first: count them for the texts still alive (from the
@@ -312,14 +629,17 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     for (Py_ssize_t i = n_scan; i < n_lists && alive > 0; i++) {
         Py_ssize_t len = lists[i].len[0] + lists[i].len[1];
         rest--;
-        if (lists[i].bits != NULL) {
+        if (lists[i].bits != NULL || dense_end > 0) {
+            /* From its bitset, or a search; the dense count has counted every key below dense_end. */
             const uint8_t *bits = lists[i].bits;
             Py_ssize_t kept = 0;
             for (Py_ssize_t t = 0; t < alive; t++) {
                 int32_t id = out[t], m = out_ov[t];
-                int held = id < cover ? (bits[id >> 3] >> (id & 7)) & 1 : has_id(&lists[i], id);
+                int held = id < dense_end             ? 0
+                           : bits != NULL && id < cover ? (bits[id >> 3] >> (id & 7)) & 1
+                                                        : has_id(&lists[i], id);
                 uint16_t c = counts[id] + (uint16_t)held;
-                int keep = (Py_ssize_t)c + rest >= need[m];
+                int keep = (Py_ssize_t)c + (id < dense_end ? 0 : rest) >= need[m];
                 counts[id] = keep ? c : 0;
                 out[kept] = id;
                 out_ov[kept] = m;
@@ -381,6 +701,10 @@ done:
         }
         PyMem_Free(lists);
     }
+    PyMem_Free(dense_bits);
+    PyMem_Free(made_bits);
+    if (has_length)
+        PyBuffer_Release(&length_view);
     Py_DECREF(seq);
     Py_XDECREF(bit_seq);
     if (k < 0)
@@ -1667,7 +1991,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
-     "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners[, bitsets, cover]) -> "
+     "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners[, bitsets, cover"
+     "[, mode[, length_rows]]]) -> "
      "(k, r): the texts whose token overlap with a query can reach a bar, and their exact overlaps (see "
      "selfinstruct/_overlap.c)."},
     {"prefix_hits", prefix_hits, METH_VARARGS,

@@ -211,6 +211,9 @@ _TAIL_MIN = 1 << 12
 # The nearest's last step asks "does text i hold this common key?" of a few survivors: a bit
 # test in a few kilobytes instead of a pass over the key's long postings.
 _BITSET_SHARE = 32
+# Length classes (first length of each) of the texts the bitsets cover: the kernel's dense count
+# asks a text of a class for what the shortest length of its class needs (BUCKET_START in _overlap.c).
+_LENGTH_CLASSES = np.array([0, 4, 8, 12, 16, 20, 28, 40], dtype=np.int64)
 # The key order (and with it the decision index) is re-snapshotted when the pool has grown this
 # many times since the last snapshot, once it holds at least _SNAPSHOT_MIN texts, and only up
 # to _SNAPSHOT_MAX texts: a rebuild stalls add() (about 1 s at 64k texts, 20 s at 1M here), and
@@ -449,8 +452,10 @@ class _Postings:
         self.bitsets = _Bitsets() if bitsets else None
 
     @classmethod
-    def build(cls, keys: np.ndarray, docs: np.ndarray, n_keys: int, n_docs: int, bitsets: bool = False) -> _Postings:
-        """From (key, doc) pairs in non-decreasing doc order, doc < n_docs; chunked to bound temporaries."""
+    def build(cls, keys: np.ndarray, docs: np.ndarray, n_keys: int, n_docs: int, lens: np.ndarray,
+              bitsets: bool = False) -> _Postings:  # fmt: skip
+        """From (key, doc) pairs in non-decreasing doc order, doc < n_docs; chunked to bound temporaries.
+        ``lens``: the texts' lengths (for the bitsets' length classes)."""
         self = cls(bitsets)
         counts = np.bincount(keys, minlength=n_keys)
         indptr = np.zeros(n_keys + 1, dtype=np.int64)
@@ -469,7 +474,7 @@ class _Postings:
             cursor[ks[first]] += sizes
         self.indptr, self.data = indptr, data
         if self.bitsets is not None:
-            self.bitsets.update(indptr, data, n_docs)
+            self.bitsets.update(indptr, data, n_docs, lens)
         return self
 
     def get(self, key: int) -> np.ndarray:
@@ -496,8 +501,8 @@ class _Postings:
     def wants_merge(self) -> bool:
         return self.tail_n > max(_TAIL_MIN, len(self.data) >> 8)
 
-    def merge(self, n_keys: int, n_docs: int) -> None:
-        """Move the tails into the CSR arrays; ``n_docs``: the texts added so far."""
+    def merge(self, n_keys: int, n_docs: int, lens: np.ndarray) -> None:
+        """Move the tails into the CSR arrays; ``n_docs``: the texts added so far, ``lens`` their lengths."""
         ip = self.indptr
         if len(ip) < n_keys + 1:
             ip = np.concatenate((ip, np.full(n_keys + 1 - len(ip), ip[-1], dtype=np.int64)))
@@ -517,26 +522,29 @@ class _Postings:
         self.tail = {}
         self.tail_n = 0
         if self.bitsets is not None:
-            self.bitsets.update(ip, self.data, n_docs, added)
+            self.bitsets.update(ip, self.data, n_docs, lens, added)
 
 
 class _Bitsets:
     """A row of bits per common key (see _BITSET_SHARE): bit i & 7 of byte i >> 3 is set when
     text i holds the key, for every text below ``cover``. One matrix, so that a merge sets the
-    bits of all its new postings with one scatter, whatever the number of keys."""
+    bits of all its new postings with one scatter, whatever the number of keys. ``lengths``: a
+    row per length class (_LENGTH_CLASSES) marking the texts below ``cover`` of that class."""
 
-    __slots__ = ("rows", "slot", "row_of", "free", "cover")
+    __slots__ = ("rows", "lengths", "slot", "row_of", "free", "cover")
 
     def __init__(self) -> None:
         self.rows = np.zeros((0, 0), dtype=np.uint8)
+        self.lengths = np.zeros((len(_LENGTH_CLASSES), 0), dtype=np.uint8)
         self.slot = np.zeros(0, dtype=np.int64)  # key -> its row, or -1
         self.row_of: dict[int, np.ndarray] = {}  # key -> its row (a view of rows)
         self.free: list[int] = []
         self.cover = 0
 
-    def update(self, indptr: np.ndarray, data: np.ndarray, n_docs: int,
+    def update(self, indptr: np.ndarray, data: np.ndarray, n_docs: int, lens: np.ndarray,
                added: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
-        """Cover the texts below ``n_docs``, all in the CSR arrays ``indptr``/``data`` now.
+        """Cover the texts below ``n_docs``, all in the CSR arrays ``indptr``/``data`` now, of
+        lengths ``lens``.
         ``added``: (keys, counts, ids) of the postings merged since the last cover, ids grouped
         by key. Keys held by more than 1/_BITSET_SHARE of the texts get a row, and lose it below
         half that."""
@@ -546,6 +554,11 @@ class _Bitsets:
         width = (n_docs + 7) >> 3
         if self.rows.shape[1] < width:  # x1.25 and a little: a copy every few merges
             self._resize(len(self.rows), width + (width >> 2) + 64)
+        if n_docs > self.cover:
+            new = np.arange(self.cover, n_docs, dtype=np.int64)
+            cls = np.searchsorted(_LENGTH_CLASSES, lens[self.cover : n_docs], side="right") - 1
+            np.bitwise_or.at(self.lengths.reshape(-1), cls * self.lengths.shape[1] + (new >> 3),
+                             (1 << (new & 7)).astype(np.uint8))  # fmt: skip
         if added is not None and self.row_of:
             keys, counts, ids = added
             rows = np.repeat(self.slot[keys], counts)
@@ -575,6 +588,9 @@ class _Bitsets:
         old = self.rows
         self.rows = np.zeros((n_rows, width), dtype=np.uint8)
         self.rows[: len(old), : old.shape[1]] = old
+        if self.lengths.shape[1] != width:
+            lengths, self.lengths = self.lengths, np.zeros((len(_LENGTH_CLASSES), width), dtype=np.uint8)
+            self.lengths[:, : lengths.shape[1]] = lengths
         self.free.extend(range(n_rows - 1, len(old) - 1, -1))
         self.row_of = {k: self.rows[int(self.slot[k])] for k in self.row_of}
 
@@ -1028,7 +1044,7 @@ class RougeLIndex:
     def _after_growth(self) -> None:
         full = self._full
         if full.tail_n > _TAIL_MIN and full.wants_merge():  # the first test: no call per add
-            full.merge(self._n_keys, self._n)
+            full.merge(self._n_keys, self._n, self._lens.a)
         n = self._n
         if self._pre is not None and max(_SNAPSHOT_MIN, _RESNAPSHOT * self._snap_n) <= n <= _SNAPSHOT_MAX:
             self._build_prefix(self._pre_t)
@@ -1072,7 +1088,8 @@ class RougeLIndex:
         # Large batch (or the first load): rebuild the CSR arrays in bulk.
         n = self._n
         docs = np.repeat(np.arange(n, dtype=np.int32), self._lens.a[:n])
-        self._full = _Postings.build(self._keys.a[: self._keys.n], docs, self._n_keys, n, self._native is not None)
+        self._full = _Postings.build(self._keys.a[: self._keys.n], docs, self._n_keys, n, self._lens.a,
+                                     self._native is not None)  # fmt: skip
         del docs
         if self._pre is not None:
             self._build_prefix(self._pre_t)
@@ -1782,12 +1799,12 @@ class RougeLIndex:
             self._out, self._out_ov = np.empty(size, dtype=np.int32), np.empty(size, dtype=np.int32)
         full, room = self._full, np.empty(runners, dtype=np.int32)
         tails = list(map(full.tail.get, keys)) if full.tail else [None] * len(keys)
-        bits, cover = None, 0
+        bits, cover, lengths = None, 0, None
         if full.bitsets is not None and full.bitsets.row_of:
-            bits, cover = [None] * n_scan + list(map(full.bitsets.row_of.get, keys[n_scan:])), full.bitsets.cover
+            bits, cover, lengths = list(map(full.bitsets.row_of.get, keys)), full.bitsets.cover, full.bitsets.lengths
         k, r = self._native.survivors(np.array(keys, dtype=np.int64), full.indptr, full.data, tails, n_scan,
                                       self._lens.a, need, limit, self._counts, self._out, self._out_ov,
-                                      room, bits, cover)  # fmt: skip
+                                      room, bits, cover, -1, lengths)  # fmt: skip
         if not copy:
             return self._out[:k], self._out_ov[:k], room[:r].tolist()
         return self._out[:k].copy(), self._out_ov[:k].astype(np.int64), room[:r].tolist()

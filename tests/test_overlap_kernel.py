@@ -4,6 +4,7 @@ Its exactness inside the search is tested in test_similarity.py, with and withou
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from typing import Any
@@ -19,13 +20,13 @@ pytestmark = pytest.mark.skipif(kernel is None, reason="the native kernel is not
 
 def _call(keys: list[int], indptr: np.ndarray, data: np.ndarray, tails: list[Any], n_scan: int, lens: np.ndarray,
           need: np.ndarray, limit: int, runners: int = 0, bitsets: list[Any] | None = None,
-          cover: int = 0) -> tuple[dict[int, int], list[int]]:  # fmt: skip
+          cover: int = 0, mode: int = 0) -> tuple[dict[int, int], list[int]]:  # fmt: skip
     counts = np.zeros(limit + 3, dtype=np.uint16)
     out = np.empty(limit + 3, dtype=np.int32)
     ov = np.empty(limit + 3, dtype=np.int32)
     room = np.empty(runners, dtype=np.int32)
     k, r = kernel.survivors(np.asarray(keys, dtype=np.int64), indptr, data, tails, n_scan, lens, need, limit,
-                            counts, out, ov, room, bitsets, cover)  # fmt: skip
+                            counts, out, ov, room, bitsets, cover, mode)  # fmt: skip
     assert not counts.any(), "the scratch counts must be left all zero"
     return dict(zip(out[:k].tolist(), ov[:k].tolist(), strict=True)), room[:r].tolist()
 
@@ -78,12 +79,14 @@ def test_survivors_are_the_texts_whose_overlap_reaches_need(seed: int) -> None:
     assert all(d < limit and d not in got and holds[d] & set(query[:n_scan]) for d in runners)
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_bitsets_answer_the_common_keys_like_their_postings(seed: int) -> None:
     # The same search with some keys' membership as bitsets below a cover (ids at or past it
-    # are searched in the postings), with and without runners-up (two loops in step 2).
+    # are searched in the postings), with and without runners-up (two loops in step 2); and the
+    # dense count (mode 1: always when it can; -1: when the kernel thinks it cheaper): the same
+    # survivors and overlaps, runners-up of its own (checked for what a caller relies on).
     rng = random.Random(seed)
-    holds, lens, split, csr, indptr, data = _random_texts(rng, 300)
+    holds, lens, split, csr, indptr, data = _random_texts(rng, 300 if seed % 3 else 2000)
     n_texts, n_keys = len(holds), len(csr)
     tails = [array("i", [d for d in range(split, n_texts) if k in holds[d]]) for k in range(n_keys)]
     query, need, limit, n_scan = _random_query(rng, holds, lens, n_keys)
@@ -103,12 +106,55 @@ def test_bitsets_answer_the_common_keys_like_their_postings(seed: int) -> None:
     for runners in (0, 3):
         plain = _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners)
         assert _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners, bitsets, cover) == plain
+        for mode in (1, -1):
+            got, room = _call(query, indptr, data, query_tails, n_scan, lens, need, limit, runners, bitsets, cover, mode)
+            assert got == plain[0]
+            assert len(room) == len(set(room)) <= runners
+            assert all(d < limit and d not in got and holds[d] & set(query) for d in room)
     assert plain[0] == _reaching(holds, lens, query, need, limit)
     with pytest.raises(ValueError, match="shorter than cover"):
         _call(query, indptr, data, query_tails, n_scan, lens, need, limit, 0, [np.zeros(0, np.uint8)] * len(query),
               cover + 9)  # fmt: skip
     with pytest.raises(ValueError, match="len\\(bitsets\\)"):
         _call(query, indptr, data, query_tails, n_scan, lens, need, limit, 0, bitsets + [None], cover)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_dense_count_equals_a_direct_count_on_a_small_vocabulary(seed: int) -> None:
+    # Every key common, as with a vocabulary of a few hundred words: the dense count's case. A few
+    # keys lack a bitset (counted from their postings, scanned or not); the cover is where the
+    # CSR arrays end, as in the pool, or anywhere; lengths and bars like a real need table's.
+    rng = random.Random(seed)
+    n_texts, n_keys = rng.randint(1, 900), rng.randint(3, 20)
+    holds = [set(rng.sample(range(n_keys), rng.randint(0, min(n_keys, 9)))) for _ in range(n_texts)]
+    lens = np.array([len(h) + rng.randint(0, 4) for h in holds], dtype=np.int32)
+    split = rng.randint(0, n_texts)
+    cover = split if rng.random() < 0.7 else rng.randint(0, n_texts)
+    csr = [[d for d in range(split) if k in holds[d]] for k in range(n_keys)]
+    indptr = np.concatenate(([0], np.cumsum([len(c) for c in csr]))).astype(np.int64)
+    data = np.array([d for c in csr for d in c], dtype=np.int32)
+    query = rng.sample(range(n_keys), rng.randint(1, n_keys))
+    n, bar = len(query), rng.uniform(0.05, 0.95)
+    need = np.array([math.ceil(bar * (m + n) / 2) for m in range(int(lens.max()) + 1)], dtype=np.int32)
+    need = np.where(need <= np.arange(len(need)), need, len(need) + 1).astype(np.int32)
+    n_scan = len(query) - min(int(need.min()) - 1, len(query))
+    plain = set(rng.sample(query, min(len(query), rng.choice((0, 0, 1, 2)))))
+    bitsets: list[Any] = []
+    for k in query:
+        row = np.zeros(cover // 8 + rng.randint(1, 9), dtype=np.uint8)
+        for d in range(cover):
+            if k in holds[d]:
+                row[d >> 3] |= 1 << (d & 7)
+        bitsets.append(None if k in plain else row)
+    tails = [array("i", [d for d in range(split, n_texts) if k in holds[d]]) for k in query]
+    limit = n_texts if rng.random() < 0.6 else rng.randint(0, n_texts)
+    expected = _reaching(holds, lens, query, need, limit)
+    for runners in (0, 8):
+        for mode in (0, 1, -1):
+            got, room = _call(query, indptr, data, tails, n_scan, lens, need, limit, runners, bitsets, cover, mode)
+            assert got == expected, (runners, mode)
+            assert len(room) == len(set(room)) <= runners
+            assert all(d < limit and d not in got and holds[d] & set(query) for d in room)
 
 
 def test_bad_arguments_raise() -> None:
