@@ -318,8 +318,8 @@ def test_the_common_keys_bitsets_follow_the_postings_as_the_pool_grows(kernel: s
     monkeypatch.setattr(similarity, "_TAIL_MIN", 8)
     rng = random.Random(5)
     pool = [" ".join(["early" if i < 5 else "late" if i > 200 and rng.random() < 0.5 else rng.choice(WORDS),
-                      *(rng.choice(WORDS) + str(rng.randint(0, 60)) for _ in range(4))])
-            for i in range(400)]  # fmt: skip
+                      *(rng.choice(WORDS) + str(rng.randint(0, 60)) for _ in range(rng.choice((1, 4, 9, 30, 45))))])
+            for i in range(700)]  # fmt: skip  (past the first width of the rows: a resize)
     idx = RougeLIndex()
     idx.extend(pool[:30])
     seen = {}
@@ -339,6 +339,11 @@ def test_the_common_keys_bitsets_follow_the_postings_as_the_pool_grows(kernel: s
                 if has:
                     bits = np.unpackbits(bitsets.row_of[key], bitorder="little")[:cover]
                     assert np.flatnonzero(bits).tolist() == [d for d in idx._full.get(key).tolist() if d < cover]
+            # The length classes' rows: each text below the cover in the row of its length's class.
+            classes = np.searchsorted(similarity._LENGTH_CLASSES, idx._lens.a[:cover], side="right") - 1
+            for c, row in enumerate(bitsets.lengths):
+                bits = np.unpackbits(row, bitorder="little")
+                assert np.flatnonzero(bits).tolist() == np.flatnonzero(classes == c).tolist()
     assert seen == {"early": {True, False}, "late": {False, True}}
 
 
