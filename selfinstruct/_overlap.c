@@ -327,6 +327,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     IdList *lists = NULL;
     const uint8_t **dense_bits = NULL;
     uint8_t *made_bits = NULL;
+    uint64_t *kept_planes = NULL;
     Py_buffer length_view;
     int has_length = 0;
     if ((have = take_buffers(wanted, N_VIEWS, views)) < N_VIEWS)
@@ -481,7 +482,10 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         made_width = (dense_end + 255) / 256 * 32; /* whole chunks of four words */
         dense_bits = PyMem_Malloc((size_t)n_lists * sizeof(*dense_bits));
         made_bits = n_made ? PyMem_Calloc((size_t)n_made, (size_t)made_width) : NULL;
-        if (dense_bits == NULL || (n_made && made_bits == NULL)) {
+        /* With runners-up: the planes are kept, to look lower for them if too few came close. */
+        if (n_runners > 0)
+            kept_planes = PyMem_Malloc((size_t)((dense_end + 63) / 64) * 16 * sizeof(uint64_t));
+        if (dense_bits == NULL || (n_made && made_bits == NULL) || (n_runners > 0 && kept_planes == NULL)) {
             PyErr_NoMemory();
             goto done;
         }
@@ -598,6 +602,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         uint64_t plane[16];
         for (int j = 0; j < n_planes; j++)
             plane[j] = chunk[j][w % 4];
+        if (kept_planes != NULL)
+            memcpy(kept_planes + w * n_planes, plane, (size_t)n_planes * sizeof(uint64_t));
         uint64_t reach = at_least(plane, n_planes, lowest_floor, ~(uint64_t)0), hits = 0;
         for (int g = 0; g < n_groups && reach != 0; g++) {
             if (group_floor[g] > n_lists)
@@ -620,6 +626,18 @@ static PyObject *survivors(PyObject *self, PyObject *args)
                 out[alive++] = id;
             } else if (n_runners > 0) {
                 offer_runner(id, (uint16_t)c, m, runners, runner_count, runner_len, n_runners, &r);
+            }
+        }
+    }
+    /* Too few runners-up: the texts holding one key fewer, and so on down, until there are enough. */
+    for (Py_ssize_t f = lowest_floor - 1; kept_planes != NULL && f >= 1 && r < n_runners; f--) {
+        for (Py_ssize_t w = 0; w < n_words && r < n_runners; w++) {
+            const uint64_t *plane = kept_planes + w * n_planes;
+            uint64_t level = at_least(plane, n_planes, f, ~(uint64_t)0) & ~at_least(plane, n_planes, f + 1, ~(uint64_t)0);
+            for (; level != 0 && r < n_runners; level &= level - 1) {
+                int32_t id = (int32_t)(w * 64 + __builtin_ctzll(level));
+                offer_runner(id, (uint16_t)f, length_of(lens, id, n_need, &bad_length), runners, runner_count,
+                             runner_len, n_runners, &r);
             }
         }
     }
@@ -703,6 +721,7 @@ done:
     }
     PyMem_Free(dense_bits);
     PyMem_Free(made_bits);
+    PyMem_Free(kept_planes);
     if (has_length)
         PyBuffer_Release(&length_view);
     Py_DECREF(seq);

@@ -270,10 +270,13 @@ _FLAT_SHARE = 0.5
 _NATIVE_NEAREST_MAX = 100_000
 # With the native kernel, counting postings is several times cheaper than scoring texts: fewer
 # texts scored per deepening round, and the final round starts with a prefix this many times
-# longer (both measured: the nearest of accepted instructions 0.51 -> 0.39 ms at 52k, 1.7 -> 1.5
-# ms at 1M).
+# longer (measured: the nearest of accepted instructions 0.51 -> 0.39 ms at 52k, 1.7 -> 1.5 ms
+# at 1M with 8). Since the dense count (_overlap.c) reads common keys' bitsets, a long prefix
+# costs little more: deepening rounds only for very long ones (8 -> 64: random words at 100k
+# 131 -> 86 us, instructions at 52k 109 -> 95 us, at 300k 352 -> 313 us). Not without a bar at
+# all (best <= 0): then the final round would keep every text sharing a key (257 -> 761 us).
 _NATIVE_SEED_TOP = 32
-_NATIVE_PREFIX_X = 8
+_NATIVE_PREFIX_X = 64
 # The room for a native probe's entries is kept between queries up to this many (20 bytes each).
 _HITS_KEPT = 1 << 20
 # Entries per chunk when building CSR postings (bounds temporaries at 1M texts).
@@ -1692,7 +1695,7 @@ class RougeLIndex:
             n_prefix = n_keys - s
             if n_prefix == 0:  # defensive: best <= 2K/(K+n) keeps s below K
                 return best, best_id
-            if n_prefix == 1 or cum[n_prefix - 1] <= 2 * budget * prefix_x:
+            if n_prefix == 1 or cum[n_prefix - 1] <= 2 * budget * (prefix_x if best > 0 else 1):
                 break
             # Deepening round: read the rarest keys within budget and score the texts sharing
             # the most of them; a higher best shortens the prefix the final round must read.
