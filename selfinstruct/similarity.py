@@ -94,7 +94,9 @@ The decision (``first_above``): prefix filtering, exact thresholds, early exit
        ``2 min(acc + s, m) / (m + n) >= b``. While many survive: score the best-bounded few,
        then look the survivors up in the next common key's postings (binary search; postings
        are sorted because ids only grow) and filter again. The native kernel looks a key held
-       by more than 1/32 of the texts up in its bitset instead (:class:`_Bitsets`).
+       by more than 1/32 of the texts up in its bitset instead (:class:`_Bitsets`); when the
+       query's keys are mostly that common, it counts all of them 64 texts at a time from the
+       bitsets instead of reading postings (the dense count, see _overlap.c).
     5. The survivors are scored in descending bound order, in growing chunks; after each chunk
        ``b`` rises and the tail is cut again.
     A text is discarded only when a valid upper bound on its F is below ``b - 1e-9`` while some
