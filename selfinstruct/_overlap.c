@@ -232,6 +232,8 @@ static void count_word(const uint8_t *const *bits, Py_ssize_t n_bits, Py_ssize_t
  * top plane down. */
 static inline uint64_t at_least(const uint64_t *plane, int n_planes, Py_ssize_t v, uint64_t among)
 {
+    if (v >= ((Py_ssize_t)1 << n_planes))
+        return 0; /* more than the planes can count */
     uint64_t above = 0, equal = among; /* count > v, == v so far */
     for (int j = n_planes - 1; j >= 0 && equal != 0; j--) {
         if ((v >> j) & 1) {
@@ -574,7 +576,7 @@ static PyObject *survivors(PyObject *self, PyObject *args)
     }
     const Py_ssize_t n_words = (dense_end + 63) / 64;
     uint64_t chunk[16][4];
-    for (Py_ssize_t w = 0; w < n_words && lowest_floor <= n_lists; w++) {
+    for (Py_ssize_t w = 0; w < n_words; w++) { /* every word, even when none can reach: runners-up */
         if (w % 4 == 0) {
             if ((w + 4) * 64 <= dense_end) {
                 switch (n_planes) {
@@ -630,7 +632,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         }
     }
     /* Too few runners-up: the texts holding one key fewer, and so on down, until there are enough. */
-    for (Py_ssize_t f = lowest_floor - 1; kept_planes != NULL && f >= 1 && r < n_runners; f--) {
+    for (Py_ssize_t f = (lowest_floor <= n_lists ? lowest_floor : n_lists + 1) - 1; kept_planes != NULL && f >= 1 && r < n_runners;
+         f--) {
         for (Py_ssize_t w = 0; w < n_words && r < n_runners; w++) {
             const uint64_t *plane = kept_planes + w * n_planes;
             uint64_t level = at_least(plane, n_planes, f, ~(uint64_t)0) & ~at_least(plane, n_planes, f + 1, ~(uint64_t)0);

@@ -161,10 +161,10 @@ def test_the_dense_count_equals_a_direct_count_on_a_small_vocabulary(seed: int) 
 
 
 def test_the_dense_count_finds_runners_up_far_below_the_bar() -> None:
-    # 300 texts holding one query key each, the bar at five: no survivor, and every runner-up
-    # holds one key, far below the floor the dense count looks at first.
+    # 300 texts, a third holding one query key each, the bar at five: no survivor, and every
+    # runner-up holds one key, far below the floor the dense count looks at first.
     n_texts, query = 300, [0, 1, 2, 3]
-    holds = [{d % 4} for d in range(n_texts)]
+    holds = [{d % 4} if d % 3 == 0 else set() for d in range(n_texts)]
     lens = np.full(n_texts, 5, dtype=np.int32)
     need = np.array([9, 9, 9, 9, 9, 5], dtype=np.int32)
     csr = [[d for d in range(n_texts) if k in holds[d]] for k in range(4)]
@@ -176,9 +176,14 @@ def test_the_dense_count_finds_runners_up_far_below_the_bar() -> None:
         for d in csr[k]:
             row[d >> 3] |= 1 << (d & 7)
         bitsets.append(row)
+    # First, a bar past the number of query keys: nothing can reach it, the runners-up are still found.
+    long, too_many = np.full(n_texts, 9, dtype=np.int32), np.array([99] * 9 + [9], dtype=np.int32)
+    for mode in (1, 0):
+        got, room = _call(query, indptr, data, [None] * 4, 4, long, too_many, n_texts, 8, bitsets, n_texts, mode)
+        assert got == {} and len(room) == len(set(room)) == 8 and all(d % 3 == 0 for d in room), mode
     for mode in (0, 1):
         got, room = _call(query, indptr, data, [None] * 4, 4, lens, need, n_texts, 8, bitsets, n_texts, mode)
-        assert got == {} and len(room) == len(set(room)) == 8, mode
+        assert got == {} and len(room) == len(set(room)) == 8 and all(d % 3 == 0 for d in room), mode
 
 
 def test_bad_arguments_raise() -> None:
