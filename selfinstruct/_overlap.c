@@ -163,6 +163,13 @@ static inline uint64_t bit_word(const uint8_t *bits, Py_ssize_t w, Py_ssize_t en
  * carries of weight four rippled into the planes above. One function per number of planes, so
  * that they stay in registers. */
 typedef uint64_t lanes4 __attribute__((vector_size(32)));
+/* Adds carry (one bit per text) into planes p[from .. to - 1], as binary addition carries. */
+#define RIPPLE(p, from, to, carry)                                                                           \
+    for (int j_ = (from); j_ < (to); j_++) {                                                                 \
+        __typeof__(carry) next_ = (p)[j_] & (carry);                                                         \
+        (p)[j_] ^= (carry);                                                                                  \
+        (carry) = next_;                                                                                     \
+    }
 #define CSA(h, l, a, b, c)                                                                                   \
     do {                                                                                                     \
         lanes4 u_ = (a) ^ (b);                                                                               \
@@ -186,20 +193,12 @@ typedef uint64_t lanes4 __attribute__((vector_size(32)));
             CSA(twos_a, p[0], p[0], x0, x1);                                                                 \
             CSA(twos_b, p[0], p[0], x2, x3);                                                                 \
             CSA(fours, p[1], p[1], twos_a, twos_b);                                                          \
-            for (int j = 2; j < P; j++) {                                                                    \
-                lanes4 next = p[j] & fours;                                                                  \
-                p[j] ^= fours;                                                                               \
-                fours = next;                                                                                \
-            }                                                                                                \
+            RIPPLE(p, 2, P, fours)                                                                           \
         }                                                                                                    \
         for (; b < n_bits; b++) {                                                                            \
             lanes4 carry;                                                                                    \
             memcpy(&carry, bits[b] + 8 * w, 32);                                                             \
-            for (int j = 0; j < P; j++) {                                                                    \
-                lanes4 next = p[j] & carry;                                                                  \
-                p[j] ^= carry;                                                                               \
-                carry = next;                                                                                \
-            }                                                                                                \
+            RIPPLE(p, 0, P, carry)                                                                           \
         }                                                                                                    \
         for (int j = 0; j < P; j++)                                                                          \
             for (int lane = 0; lane < 4; lane++)                                                             \
@@ -218,11 +217,7 @@ static void count_word(const uint8_t *const *bits, Py_ssize_t n_bits, Py_ssize_t
     uint64_t p[16] = {0};
     for (Py_ssize_t b = 0; b < n_bits; b++) {
         uint64_t carry = bit_word(bits[b], w, end);
-        for (int j = 0; j < n_planes; j++) {
-            uint64_t next = p[j] & carry;
-            p[j] ^= carry;
-            carry = next;
-        }
+        RIPPLE(p, 0, n_planes, carry)
     }
     for (int j = 0; j < n_planes; j++)
         plane[j][lane] = p[j];
@@ -575,27 +570,14 @@ static PyObject *survivors(PyObject *self, PyObject *args)
             lowest_floor = group_floor[g];
     }
     const Py_ssize_t n_words = (dense_end + 63) / 64;
+    void (*count_chunk)(const uint8_t *const *, Py_ssize_t, Py_ssize_t, uint64_t[][4]) =
+        n_planes <= 2 ? count_chunk_2 : n_planes == 3 ? count_chunk_3 : n_planes == 4 ? count_chunk_4
+        : n_planes == 5 ? count_chunk_5 : count_chunk_16;
     uint64_t chunk[16][4];
     for (Py_ssize_t w = 0; w < n_words; w++) { /* every word, even when none can reach: runners-up */
         if (w % 4 == 0) {
             if ((w + 4) * 64 <= dense_end) {
-                switch (n_planes) {
-                case 1:
-                case 2:
-                    count_chunk_2(dense_bits, n_lists, w, chunk);
-                    break;
-                case 3:
-                    count_chunk_3(dense_bits, n_lists, w, chunk);
-                    break;
-                case 4:
-                    count_chunk_4(dense_bits, n_lists, w, chunk);
-                    break;
-                case 5:
-                    count_chunk_5(dense_bits, n_lists, w, chunk);
-                    break;
-                default:
-                    count_chunk_16(dense_bits, n_lists, w, chunk);
-                }
+                count_chunk(dense_bits, n_lists, w, chunk);
             } else {
                 for (int lane = 0; lane < 4 && w + lane < n_words; lane++)
                     count_word(dense_bits, n_lists, w + lane, dense_end, n_planes, chunk, lane);
