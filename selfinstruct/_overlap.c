@@ -251,7 +251,7 @@ static inline uint64_t at_least(const uint64_t *plane, int n_planes, Py_ssize_t 
 #define SPARSE_POSTING 4
 #define DENSE_HIT 4
 /* Length classes of the dense count: class b holds the texts of BUCKET_START[b] .. BUCKET_START[b + 1]
- * - 1 tokens (similarity.py's _LENGTH_CLASSES are the same numbers). */
+ * - 1 tokens. The module's LENGTH_CLASSES gives similarity.py the first eight (the rows it keeps). */
 #define N_BUCKETS 8
 static const int32_t BUCKET_START[N_BUCKETS + 1] = {0, 4, 8, 12, 16, 20, 28, 40, INT32_MAX};
 /* Runners-up are looked for among texts holding at least this many keys fewer than a survivor must. */
@@ -281,13 +281,13 @@ static const int32_t BUCKET_START[N_BUCKETS + 1] = {0, 4, 8, 12, 16, 20, 28, 40,
  * length_rows: optional, for the dense count: N_BUCKETS rows of bits (uint8, rows of equal width, each
  *         at least cover bits) marking the texts below cover by length class (see BUCKET_START).
  * The dense count, for the texts below d = min(cover, limit): 64 texts at a time, the bitsets of all
- * keys that have one are added bit-sliced (planes of a binary count, in registers), the scanned keys
- * without one are counted from their postings, and only the texts whose count can reach need are
- * looked at one by one (a text must count at least what the shortest length of its class needs). For keys held by a few percent of the texts each (a small vocabulary, no
- * rare words) this replaces tens of thousands of postings and length checks with a few bit
- * operations per key and word. It needs every text that can reach need to hold at least one of
- * the bitset keys (so that the bit-sliced count can select them). Same survivors and overlaps;
- * the runners-up are then taken among the texts holding nearly enough keys (all of them counted).
+ * query keys (a key without one gets one for the call, from its postings) are added bit-sliced
+ * (planes of a binary count, in registers), and only the texts whose count can reach need are
+ * looked at one by one (a text must count at least what the shortest length of its class needs).
+ * For keys held by a few percent of the texts each (a small vocabulary, no rare words) this
+ * replaces tens of thousands of postings and length checks with a few bit operations per key and
+ * word. Same survivors and overlaps; the runners-up are then taken among the texts holding nearly
+ * enough keys, lower and lower until there are enough (all keys counted).
  * Returns (k, r): out[:k] the surviving ids (no order), out_ov[:k] their exact overlaps, and
  * runners[:r] (best first).
  */
@@ -547,8 +547,8 @@ static PyObject *survivors(PyObject *self, PyObject *args)
         offer_runner(id, c, m, runners, runner_count, runner_len, n_runners, &r); /* keep the best dropped ones */
     }
     /* 2b. Dense count: the planes of each word of 64 texts, then one by one the texts counting at
-     *     least their group's floor (a little less to find runners-up). A survivor's count is
-     *     marked in counts until the scanned keys' postings are cleared behind it. */
+     *     least their group's floor (a little less to find runners-up); a survivor's count (every
+     *     key) goes into counts for steps 3 and 4. */
     int n_planes = 1;
     while (((Py_ssize_t)1 << n_planes) <= n_lists)
         n_planes++;
@@ -2035,4 +2035,21 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_overlap", "Native kernel of selfinstruct.similarity.",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__overlap(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__overlap(void)
+{
+    PyObject *mod = PyModule_Create(&module), *classes = mod != NULL ? PyTuple_New(N_BUCKETS) : NULL;
+    for (int b = 0; classes != NULL && b < N_BUCKETS; b++) {
+        PyObject *start = PyLong_FromLong(BUCKET_START[b]);
+        if (start == NULL) {
+            Py_CLEAR(classes);
+            break;
+        }
+        PyTuple_SET_ITEM(classes, b, start);
+    }
+    if (classes == NULL || PyModule_AddObject(mod, "LENGTH_CLASSES", classes) < 0) {
+        Py_XDECREF(classes);
+        Py_XDECREF(mod);
+        return NULL;
+    }
+    return mod;
+}

@@ -214,8 +214,9 @@ _TAIL_MIN = 1 << 12
 # test in a few kilobytes instead of a pass over the key's long postings.
 _BITSET_SHARE = 32
 # Length classes (first length of each) of the texts the bitsets cover: the kernel's dense count
-# asks a text of a class for what the shortest length of its class needs (BUCKET_START in _overlap.c).
-_LENGTH_CLASSES = np.array([0, 4, 8, 12, 16, 20, 28, 40], dtype=np.int64)
+# asks a text of a class for what the shortest length of its class needs. The kernel's own numbers
+# (only it keeps bitsets), so that the rows and its classes cannot disagree.
+_LENGTH_CLASSES = np.array(_native_overlap.LENGTH_CLASSES if _native_overlap is not None else [0], dtype=np.int64)
 # The key order (and with it the decision index) is re-snapshotted when the pool has grown this
 # many times since the last snapshot, once it holds at least _SNAPSHOT_MIN texts, and only up
 # to _SNAPSHOT_MAX texts: a rebuild stalls add() (about 1 s at 64k texts, 20 s at 1M here), and

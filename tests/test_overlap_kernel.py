@@ -20,15 +20,25 @@ pytestmark = pytest.mark.skipif(kernel is None, reason="the native kernel is not
 
 def _call(keys: list[int], indptr: np.ndarray, data: np.ndarray, tails: list[Any], n_scan: int, lens: np.ndarray,
           need: np.ndarray, limit: int, runners: int = 0, bitsets: list[Any] | None = None,
-          cover: int = 0, mode: int = 0) -> tuple[dict[int, int], list[int]]:  # fmt: skip
+          cover: int = 0, mode: int = 0, length_rows: np.ndarray | None = None
+          ) -> tuple[dict[int, int], list[int]]:  # fmt: skip
     counts = np.zeros(limit + 3, dtype=np.uint16)
     out = np.empty(limit + 3, dtype=np.int32)
     ov = np.empty(limit + 3, dtype=np.int32)
     room = np.empty(runners, dtype=np.int32)
     k, r = kernel.survivors(np.asarray(keys, dtype=np.int64), indptr, data, tails, n_scan, lens, need, limit,
-                            counts, out, ov, room, bitsets, cover, mode)  # fmt: skip
+                            counts, out, ov, room, bitsets, cover, mode, length_rows)  # fmt: skip
     assert not counts.any(), "the scratch counts must be left all zero"
     return dict(zip(out[:k].tolist(), ov[:k].tolist(), strict=True)), room[:r].tolist()
+
+
+def _length_rows(lens: np.ndarray, cover: int, spare: int) -> np.ndarray:
+    """The length-class rows of the texts below cover (the kernel's classes), ``spare`` bytes longer."""
+    classes = np.searchsorted(kernel.LENGTH_CLASSES, lens[:cover], side="right") - 1
+    rows = np.zeros((len(kernel.LENGTH_CLASSES), cover // 8 + 1 + spare), dtype=np.uint8)
+    for d, c in enumerate(classes.tolist()):
+        rows[c, d >> 3] |= 1 << (d & 7)
+    return rows
 
 
 def _random_texts(rng: random.Random, most: int
@@ -148,13 +158,16 @@ def test_the_dense_count_equals_a_direct_count_on_a_small_vocabulary(seed: int) 
         bitsets.append(None if k in plain else row)
     tails = [array("i", [d for d in range(split, n_texts) if k in holds[d]]) for k in query]
     limit = n_texts if rng.random() < 0.6 else rng.randint(0, n_texts)
+    # Half the seeds with length classes (as the pool passes them), half with one class of all.
+    classes = _length_rows(lens, cover, rng.randint(0, 8)) if seed % 2 else None
     expected = _reaching(holds, lens, query, need, limit)
     # Runners-up come from every dropped text holding a scanned key, at least (the dense count
     # looks lower and lower until it has enough).
     close = [d for d in range(limit) if d not in expected and holds[d] & set(query[:n_scan])]
     for runners in (0, 8):
         for mode in (0, 1, -1):
-            got, room = _call(query, indptr, data, tails, n_scan, lens, need, limit, runners, bitsets, cover, mode)
+            got, room = _call(query, indptr, data, tails, n_scan, lens, need, limit, runners, bitsets, cover, mode,
+                              classes)  # fmt: skip
             assert got == expected, (runners, mode)
             assert min(runners, len(close)) <= len(room) == len(set(room)) <= runners
             assert all(d < limit and d not in got and holds[d] & set(query) for d in room)
