@@ -24,12 +24,14 @@ typedef struct {
     const uint8_t *bits; /* optional: bit id set when the key holds text id (ids < cover) */
 } IdList;
 
+/* A bytearray (index_text()'s tails and small run grow as bytearrays) is read as items of the
+ * size asked for. */
 static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
     int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != itemsize || (view->len % itemsize) != 0) {
+    if ((view->itemsize != itemsize && !PyByteArray_Check(obj)) || (view->len % itemsize) != 0) {
         PyErr_Format(PyExc_TypeError, "%s: expected a contiguous array of %zd-byte items", what, itemsize);
         PyBuffer_Release(view);
         return -1;
@@ -1993,6 +1995,148 @@ done:
     return result;
 }
 
+/* Appends n items of size bytes (at src) to a bytearray; -1 with an exception set otherwise.
+ * PyByteArray_Resize over-allocates as it grows: appends are amortised O(1). */
+static int bytearray_append(PyObject *ba, const void *src, Py_ssize_t size)
+{
+    Py_ssize_t at = PyByteArray_GET_SIZE(ba);
+    if (PyByteArray_Resize(ba, at + size) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(ba) + at, src, (size_t)size);
+    return 0;
+}
+
+#define INDEX_SMALL 256
+
+/* index_text(keys, doc, tails[, ord, c0, c64, alpha, cm, small, m_cap]) -> n_common
+ *
+ * RougeLIndex._index for one text (id doc, larger than every id so far; keys: its distinct keys,
+ * Python ints):
+ * - doc (native int32) is appended to tails[key] for every key, a bytearray made when missing;
+ * - with the decision index (ord not None; int64, each key's place in the order, new keys
+ *   negative): the text's common-key mask goes to row doc of cm (uint64, 4 words a row): bit
+ *   ord[key] - c0 for each key with c0 <= ord[key] < c0 + 256; and its prefix entries are appended
+ *   to small (a (comp, top, doc) triple of bytearrays), one for each of its plen = m - alpha[m] + 1
+ *   first keys in (ord, key) order: comp = key << 28 | min(m, m_cap) << 18 | min(j, 255) << 10 |
+ *   min(rest, 1023) for the j-th, top = the mask's bits from c64 - c0 on, shifted down (the 64
+ *   most frequent keys), rest = the common keys not among those.
+ * Returns the number of common keys (0 without ord). Python's version: _Postings.append and
+ * the rest of _index. */
+static PyObject *index_text(PyObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *tails, *ord_obj = Py_None, *alpha_obj = Py_None, *cm_obj = Py_None, *small_obj = Py_None;
+    long long doc_ll, c0 = 0, c64 = 0, m_cap = 1023;
+    if (!PyArg_ParseTuple(args, "O!LO!|OLLOOOL", &PyList_Type, &keys_obj, &doc_ll, &PyDict_Type, &tails, &ord_obj,
+                          &c0, &c64, &alpha_obj, &cm_obj, &small_obj, &m_cap))
+        return NULL;
+    if (doc_ll < 0 || doc_ll > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "index_text: doc out of int32 range");
+        return NULL;
+    }
+    const int32_t doc = (int32_t)doc_ll;
+    const Py_ssize_t m = PyList_GET_SIZE(keys_obj);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *key = PyList_GET_ITEM(keys_obj, i), *tail = PyDict_GetItemWithError(tails, key);
+        if (tail == NULL) {
+            if (PyErr_Occurred() || (tail = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
+                return NULL;
+            int failed = PyDict_SetItem(tails, key, tail);
+            Py_DECREF(tail); /* the dict holds it */
+            if (failed < 0)
+                return NULL;
+        } else if (!PyByteArray_Check(tail)) {
+            PyErr_SetString(PyExc_TypeError, "index_text: tails must hold bytearrays");
+            return NULL;
+        }
+        if (bytearray_append(tail, &doc, 4) < 0)
+            return NULL;
+    }
+    if (ord_obj == Py_None)
+        return PyLong_FromLong(0);
+
+    PyObject *result = NULL, *small = NULL;
+    Py_buffer views[3];
+    int have = 0;
+    int64_t stack[INDEX_SMALL], *placed = m <= INDEX_SMALL ? stack : PyMem_Malloc(sizeof(int64_t) * (size_t)m);
+    if (placed == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    const Wanted wanted[3] = {{ord_obj, 0, 8, "ord"}, {alpha_obj, 0, 8, "alpha"}, {cm_obj, 1, 8, "cm"}};
+    if ((have = take_buffers(wanted, 3, views)) < 3)
+        goto done;
+    small = PySequence_Fast(small_obj, "index_text: small must be a (comp, top, doc) triple");
+    if (small == NULL)
+        goto done;
+    if (PySequence_Fast_GET_SIZE(small) != 3 || !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 0)) ||
+        !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 1)) || !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 2))) {
+        PyErr_SetString(PyExc_TypeError, "index_text: small must be three bytearrays");
+        goto done;
+    }
+    const int64_t *ord = views[0].buf, *alpha = views[1].buf;
+    const Py_ssize_t n_ord = views[0].len / 8, n_alpha = views[1].len / 8;
+    if (m >= n_alpha || (Py_ssize_t)doc >= views[2].len / 32 || c64 < c0 || c64 - c0 > 192 || m_cap < 0 ||
+        m_cap > 1023) {
+        PyErr_SetString(PyExc_ValueError,
+                        "index_text: need m < len(alpha), doc < rows of cm, 0 <= c64 - c0 <= 192, 0 <= m_cap <= 1023");
+        goto done;
+    }
+    uint64_t mask[4] = {0, 0, 0, 0}, top = 0;
+    const int64_t top_bit = c64 - c0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        long long key = PyLong_AsLongLong(PyList_GET_ITEM(keys_obj, i));
+        if (key == -1 && PyErr_Occurred())
+            goto done;
+        if (key < 0 || key >= n_ord || key > INT32_MAX) {
+            PyErr_SetString(PyExc_IndexError, "index_text: key outside ord");
+            goto done;
+        }
+        const int64_t o = ord[key], b = o - c0;
+        placed[i] = (int64_t)(((uint64_t)o << 32) | (uint64_t)key);
+        if (o >= c0 && b < 256) {
+            mask[b >> 6] |= (uint64_t)1 << (b & 63);
+            if (b >= top_bit)
+                top |= (uint64_t)1 << (b - top_bit);
+        }
+    }
+    uint64_t *row = (uint64_t *)views[2].buf + 4 * (Py_ssize_t)doc;
+    int n_common = 0;
+    for (int w = 0; w < 4; w++) {
+        row[w] = mask[w];
+        n_common += __builtin_popcountll(mask[w]);
+    }
+    const int64_t plen = m - alpha[m] + 1;
+    if (m > 0 && plen > 0) {
+        const int64_t rest = n_common - __builtin_popcountll(top);
+        const int64_t low = ((int64_t)(m < m_cap ? m : m_cap) << 18) | (rest < 1023 ? rest : 1023);
+        qsort(placed, (size_t)m, sizeof(int64_t), compare_int64); /* rarest first */
+        const Py_ssize_t n_entries = plen < m ? (Py_ssize_t)plen : m;
+        PyObject *comp = PySequence_Fast_GET_ITEM(small, 0), *tops = PySequence_Fast_GET_ITEM(small, 1),
+                 *docs = PySequence_Fast_GET_ITEM(small, 2);
+        const Py_ssize_t at_comp = PyByteArray_GET_SIZE(comp), at_top = PyByteArray_GET_SIZE(tops),
+                         at_doc = PyByteArray_GET_SIZE(docs);
+        if (PyByteArray_Resize(comp, at_comp + 8 * n_entries) < 0 || PyByteArray_Resize(tops, at_top + 8 * n_entries) < 0 ||
+            PyByteArray_Resize(docs, at_doc + 4 * n_entries) < 0)
+            goto done;
+        int64_t *c = (int64_t *)(PyByteArray_AS_STRING(comp) + at_comp);
+        uint64_t *t = (uint64_t *)(PyByteArray_AS_STRING(tops) + at_top);
+        int32_t *d = (int32_t *)(PyByteArray_AS_STRING(docs) + at_doc);
+        for (Py_ssize_t j = 0; j < n_entries; j++) {
+            c[j] = ((placed[j] & 0xFFFFFFFF) << 28) | ((int64_t)(j < 255 ? j : 255) << 10) | low;
+            t[j] = top;
+            d[j] = doc;
+        }
+    }
+    result = PyLong_FromLong(n_common);
+done:
+    Py_XDECREF(small);
+    for (int i = 0; i < have; i++)
+        PyBuffer_Release(&views[i]);
+    if (placed != stack)
+        PyMem_Free(placed);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"survivors", survivors, METH_VARARGS,
      "survivors(keys, indptr, data, tails, n_scan, lens, need, limit, counts, out, out_ov, runners[, bitsets, cover"
@@ -2023,6 +2167,9 @@ static PyMethodDef methods[] = {
     {"probe_front", probe_front, METH_VARARGS,
      "probe_front(keys, ord, c0, c64, pi, lo, hi, qb, lows, highs, tags, qm) -> (r, n_common, qtop, q_rest): the "
      "index ranges of a probe, sorted, and the query's common-key masks (see selfinstruct/_overlap.c)."},
+    {"index_text", index_text, METH_VARARGS,
+     "index_text(keys, doc, tails[, ord, c0, c64, alpha, cm, small, m_cap]) -> n_common: one text into the postings' tails and "
+     "the decision index's small run (see selfinstruct/_overlap.c)."},
     {"min_lcs_above", min_lcs_above, METH_VARARGS,
      "min_lcs_above(t, n, x, big, out) -> None: per text length, the smallest LCS whose F exceeds t "
      "(see selfinstruct/_overlap.c)."},

@@ -127,7 +127,7 @@ The native kernel (``selfinstruct/_overlap.c``)
 
 Memory
     The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
-    postings CSR arrays (``indptr``/``data``) plus a tail of ``array('i')`` per key for the
+    postings CSR arrays (``indptr``/``data``) plus a tail (a bytearray of int32) per key for the
     texts added since the last merge (merged with ``np.insert`` once it holds 1/256 of the
     postings: every lookup of a key copies its tail), the decision index three sorted numpy
     runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
@@ -442,8 +442,9 @@ class _Postings:
     """Key -> ascending text ids: CSR arrays plus a tail of the texts added since the last merge.
 
     Ids only grow, so a key's tail ids all follow its CSR ids and ``get`` is always sorted.
-    The tail is one ``array('i')`` per key (4 bytes an entry; ``np.frombuffer`` reads it without
-    a copy); :meth:`merge` moves it into the CSR arrays with one ``np.insert``.
+    The tail is one bytearray of native int32 per key (the native kernel appends to it in place;
+    ``np.frombuffer`` reads it without a copy); :meth:`merge` moves it into the CSR arrays with
+    one ``np.insert``.
     With ``bitsets``, the most common keys also keep a bitset of the texts holding them
     (:class:`_Bitsets`), for the texts the CSR arrays held at the last merge (updated by merge).
     """
@@ -453,7 +454,7 @@ class _Postings:
     def __init__(self, bitsets: bool = False) -> None:
         self.indptr = np.zeros(1, dtype=np.int64)  # covers keys < len(indptr) - 1
         self.data = _EMPTY
-        self.tail: dict[int, array[int]] = {}
+        self.tail: dict[int, bytearray] = {}
         self.tail_n = 0
         self.bitsets = _Bitsets() if bitsets else None
 
@@ -495,13 +496,13 @@ class _Postings:
     def append(self, keys: list[int], doc: int) -> None:
         """Add text ``doc`` (above every id so far) to the tails of its distinct ``keys``."""
         tail = self.tail
-        one = struct.pack("i", doc)  # frombytes: cheaper than append's argument parsing
+        one = struct.pack("i", doc)
         for key in keys:
             t = tail.get(key)
             if t is None:
-                tail[key] = array("i", one)
+                tail[key] = bytearray(one)
             else:
-                t.frombytes(one)
+                t += one
         self.tail_n += len(keys)
 
     def wants_merge(self) -> bool:
@@ -516,8 +517,8 @@ class _Postings:
         if self.tail:
             keys = np.array(sorted(self.tail), dtype=np.int64)
             klist = keys.tolist()
-            counts = np.array([len(self.tail[k]) for k in klist], dtype=np.int64)
-            values = np.frombuffer(b"".join(self.tail[k].tobytes() for k in klist), np.int32)
+            counts = np.array([len(self.tail[k]) >> 2 for k in klist], dtype=np.int64)
+            values = np.frombuffer(b"".join(self.tail[k] for k in klist), np.int32)
             # Inserting at the end of each key's block keeps every key's ids ascending.
             self.data = np.insert(self.data, np.repeat(ip[keys + 1], counts), values)
             grow = np.zeros(n_keys + 1, dtype=np.int64)
@@ -615,7 +616,8 @@ class _PrefixIndex:
 
     Three runs keep appends cheap: ``main`` (sorted), ``mid`` (sorted, merged into ``main``
     when it reaches 1/16 of it) and ``small`` (unsorted appends, up to _SMALL_RUN entries,
-    scanned; then sorted and inserted into ``mid``).
+    scanned; then sorted and inserted into ``mid``). ``small`` is three bytearrays of native
+    int64, uint64 and int32 (the native kernel appends to them in place).
     """
 
     __slots__ = ("runs", "small")
@@ -627,19 +629,24 @@ class _PrefixIndex:
         doc = doc[order]
         del order
         self.runs = [(comp, top_of_doc[doc], doc), (_EMPTY_COMP, _EMPTY_TOP, _EMPTY)]
-        self.small: tuple[array[int], array[int], array[int]] = (array("q"), array("Q"), array("i"))
+        self.small = (bytearray(), bytearray(), bytearray())
 
     def add(self, comps: list[int], top: int, doc: int) -> None:
         sc, st, sd = self.small
         n = len(comps)
-        # Through struct: array.extend parses each item as a function argument (3x slower).
-        sc.frombytes(struct.pack(f"{n}q", *comps))
-        st.frombytes(struct.pack("Q", top) * n)
-        sd.frombytes(struct.pack("i", doc) * n)
-        if len(sc) < _SMALL_RUN:
+        sc += struct.pack(f"{n}q", *comps)
+        st += struct.pack("Q", top) * n
+        sd += struct.pack("i", doc) * n
+        self.after_add()
+
+    def after_add(self) -> None:
+        """Moves the small run into the sorted ones once it holds _SMALL_RUN entries."""
+        sc, st, sd = self.small
+        if len(sc) < 8 * _SMALL_RUN:
             return
-        comp, top_a, doc_a = np.array(sc, np.int64), np.array(st, np.uint64), np.array(sd, np.int32)
-        self.small = (array("q"), array("Q"), array("i"))
+        comp = np.frombuffer(sc, np.int64).copy()
+        top_a, doc_a = np.frombuffer(st, np.uint64).copy(), np.frombuffer(sd, np.int32).copy()
+        self.small = (bytearray(), bytearray(), bytearray())
         (main, mid) = self.runs
         for run in (mid, main):  # into mid; then mid into main once it is 1/16 of it
             order = np.argsort(comp, kind="stable")
@@ -998,14 +1005,26 @@ class RougeLIndex:
 
     def _index(self, doc: int, keys: list[int]) -> None:
         """Add one stored text to the postings (tails) and, once built, the decision index."""
-        self._full.append(keys, doc)
         pre = self._pre
+        native = self._native
         if pre is None:
+            if native is None:
+                self._full.append(keys, doc)
+            else:
+                native.index_text(keys, doc, self._full.tail)
+                self._full.tail_n += len(keys)
             return
         cm = self._cm
         if doc >= len(cm):
             grow = np.zeros((len(cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
             self._cm = cm = np.concatenate((cm, grow))
+        if native is not None:
+            self._ncommon.append(native.index_text(keys, doc, self._full.tail, self._ord.a, self._c0, self._c64,
+                                                   self._alpha, cm, pre.small, _M_CAP))  # fmt: skip
+            self._full.tail_n += len(keys)
+            pre.after_add()
+            return
+        self._full.append(keys, doc)
         m = len(keys)
         if not m:
             self._ncommon.append(0)

@@ -707,3 +707,31 @@ def test_a_decision_over_equally_common_keys_takes_the_postings_scan(monkeypatch
     found = index.max_above(query, 0.7)
     assert probes  # the index decided
     assert found is not None and found[0] == brute(query)
+
+
+def test_native_index_text_refuses_bad_arguments() -> None:
+    ord_ = np.array([5, 4, 3, -4], dtype=np.int64)
+    alpha = np.zeros(4, dtype=np.int64)
+    cm = np.zeros((2, 4), dtype=np.uint64)
+    small = (bytearray(), bytearray(), bytearray())
+    tails: dict[int, Any] = {}
+    # Key 0 is common (place 5 >= c0 = 3: bit 2, and among the top ones from c64 = 4: bit 1 there);
+    # key 3 was made after the snapshot. Entries: key 3 first (a negative place: rarest).
+    assert kernel.index_text([0, 3], 1, tails, ord_, 3, 4, alpha, cm, small, 1023) == 1
+    assert {k: np.frombuffer(v, np.int32).tolist() for k, v in tails.items()} == {0: [1], 3: [1]}
+    assert cm[1].tolist() == [0b100, 0, 0, 0]
+    assert np.frombuffer(small[0], np.int64).tolist() == [3 << 28 | 2 << 18, 0 << 28 | 2 << 18 | 1 << 10]
+    assert np.frombuffer(small[1], np.uint64).tolist() == [0b10, 0b10]
+    assert np.frombuffer(small[2], np.int32).tolist() == [1, 1]
+    with pytest.raises(TypeError):  # a tail that the kernel cannot append to in place
+        kernel.index_text([0], 2, {0: array("i", [1])})
+    with pytest.raises(IndexError):  # a key the order does not know
+        kernel.index_text([4], 1, {}, ord_, 3, 4, alpha, cm, small, 1023)
+    with pytest.raises(ValueError):  # a text longer than the alpha table
+        kernel.index_text([0, 1, 2, 3], 1, {}, ord_, 3, 4, alpha, cm, small, 1023)
+    with pytest.raises(ValueError):  # a row past the masks
+        kernel.index_text([0], 2, {}, ord_, 3, 4, alpha, cm, small, 1023)
+    with pytest.raises(TypeError):
+        kernel.index_text([0], 1, {}, ord_, 3, 4, alpha, cm, (array("q"), bytearray(), bytearray()), 1023)
+    with pytest.raises(ValueError):
+        kernel.index_text([0], -1, {})
