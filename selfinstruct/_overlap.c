@@ -1830,50 +1830,69 @@ done:
     return result;
 }
 
-/* seq_of(keys, codes) -> str | None
+/* seq_of(keys, codes[, flat, at, df]) -> str | None
  *
  * The string of code points codes[key] for the keys (Python ints) in order: a text's LCS
  * sequence (RougeLIndex._seq_of). None when a code is not a valid scalar value (past the last
- * code point, or a surrogate): the caller builds a tuple then. codes: int64 per key. */
+ * code point, or a surrogate): the caller builds a tuple then. codes: int64 per key.
+ * With flat (int32): the keys of a text being stored (distinct), written to flat[at:at + n] and
+ * counted in df (int32 per key, +1 each): the rest of RougeLIndex._store_one, in the same pass. */
 static PyObject *seq_of(PyObject *self, PyObject *args)
 {
-    PyObject *keys_obj, *codes_obj, *result = NULL;
-    if (!PyArg_ParseTuple(args, "OO", &keys_obj, &codes_obj))
+    PyObject *keys_obj, *codes_obj, *flat_obj = Py_None, *df_obj = Py_None, *result = NULL;
+    Py_ssize_t at = 0;
+    if (!PyArg_ParseTuple(args, "OO|OnO", &keys_obj, &codes_obj, &flat_obj, &at, &df_obj))
         return NULL;
-    Py_buffer codes;
-    if (take_buffer(codes_obj, &codes, 0, 8, "seq_of: codes") < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(keys_obj, "seq_of: keys must be a sequence");
+    Py_buffer views[3];
+    int have = 0;
+    const Wanted wanted[3] = {{codes_obj, 0, 8, "seq_of: codes"}, {flat_obj, 1, 4, "seq_of: flat"},
+                              {df_obj, 1, 4, "seq_of: df"}};
+    PyObject *seq = NULL;
     Py_UCS4 small[256], *chars = small;
-    if (seq == NULL)
+    if ((have = take_buffers(wanted, flat_obj == Py_None ? 1 : 3, views)) < (flat_obj == Py_None ? 1 : 3))
         goto done;
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), n_codes = codes.len / 8;
+    if ((seq = PySequence_Fast(keys_obj, "seq_of: keys must be a sequence")) == NULL)
+        goto done;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), n_codes = views[0].len / 8;
     if (n > 256 && (chars = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)n)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    const int64_t *code = codes.buf;
+    if (have == 3 && (at < 0 || at + n > views[1].len / 4)) {
+        PyErr_SetString(PyExc_ValueError, "seq_of: flat has no room for the keys at `at`");
+        goto done;
+    }
+    const Py_ssize_t n_df = have == 3 ? views[2].len / 4 : n_codes;
+    const int64_t *code = views[0].buf;
+    int valid = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
         long long key = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
         if (key == -1 && PyErr_Occurred())
             goto done;
-        if (key < 0 || key >= n_codes) {
-            PyErr_SetString(PyExc_IndexError, "seq_of: key outside codes");
+        if (key < 0 || key >= n_codes || key >= n_df) {
+            PyErr_SetString(PyExc_IndexError, "seq_of: key outside codes (or df)");
             goto done;
         }
         int64_t c = code[key];
-        if (c < 0 || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
+        if (c < 0 || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+            valid = 0;
         chars[i] = (Py_UCS4)c;
     }
-    result = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, chars, n);
+    if (have == 3) { /* every key checked above: nothing is half written */
+        int32_t *flat = views[1].buf, *df = views[2].buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t key = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+            flat[at + i] = (int32_t)key;
+            df[key]++;
+        }
+    }
+    result = valid ? PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, chars, n) : Py_NewRef(Py_None);
 done:
     if (chars != small)
         PyMem_Free(chars);
     Py_XDECREF(seq);
-    PyBuffer_Release(&codes);
+    for (int i = 0; i < have; i++)
+        PyBuffer_Release(&views[i]);
     return result;
 }
 
@@ -2160,7 +2179,8 @@ static PyMethodDef methods[] = {
      "query_keys(tokens, vocab, more) -> (keys, tids) | None: a query's known token ids and keys (see "
      "selfinstruct/_overlap.c)."},
     {"seq_of", seq_of, METH_VARARGS,
-     "seq_of(keys, codes) -> str | None: the code points of the keys as a string (see selfinstruct/_overlap.c)."},
+     "seq_of(keys, codes[, flat, at, df]) -> str | None: the code points of the keys as a string; with flat, the keys "
+     "stored there and counted in df (see selfinstruct/_overlap.c)."},
     {"rank", rank, METH_VARARGS,
      "rank(keys, table) -> (keys, values, cum): keys by table value, ties in order, with the values and their running "
      "sums (see selfinstruct/_overlap.c)."},

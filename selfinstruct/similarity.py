@@ -965,11 +965,17 @@ class RougeLIndex:
         flat = self._keys
         self._tok_off.append(flat.n + m)
         self._lens.append(m)
-        self._seqs.append(self._seq_of(keys))
-        if m:
-            ka = np.array(keys, dtype=np.int64)
-            flat.extend(ka)
-            self._df.a[ka] += 1  # a text's keys are distinct
+        if self._native is not None:  # the keys stored and counted in the same call (distinct keys)
+            flat.reserve(flat.n + m)
+            seq = self._native.seq_of(keys, self._key_code.a, flat.a, flat.n, self._df.a)
+            flat.n += m
+            self._seqs.append(seq if seq is not None else self._seq_of(keys))
+        else:
+            self._seqs.append(self._seq_of(keys))
+            if m:
+                ka = np.array(keys, dtype=np.int64)
+                flat.extend(ka)
+                self._df.a[ka] += 1  # a text's keys are distinct
         self._n += 1
         if m > self._max_len:
             self._max_len = m

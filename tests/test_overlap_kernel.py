@@ -453,6 +453,23 @@ def test_seq_of_spells_the_codes_of_the_keys() -> None:
         kernel.seq_of([0], codes.astype(np.int32))
 
 
+def test_seq_of_stores_and_counts_the_keys_of_a_text() -> None:
+    codes = np.array([97, 98, 0x110000, 99], dtype=np.int64)
+    flat, df = np.full(6, -1, dtype=np.int32), np.array([5, 0, 0, 1], dtype=np.int32)
+    assert kernel.seq_of([3, 0], codes, flat, 1, df) == "ca"
+    assert flat.tolist() == [-1, 3, 0, -1, -1, -1] and df.tolist() == [6, 0, 0, 2]
+    assert kernel.seq_of([2, 1], codes, flat, 3, df) is None  # stored all the same: the caller makes a tuple
+    assert flat.tolist() == [-1, 3, 0, 2, 1, -1] and df.tolist() == [6, 1, 1, 2]
+    for bad in ([0, 1], [0, 7]):  # no room at 5 for two keys; a key outside codes: nothing written
+        with pytest.raises((ValueError, IndexError)):
+            kernel.seq_of(bad, codes, flat, 5, df)
+        with pytest.raises(IndexError):
+            kernel.seq_of([1, 3, 4], codes, flat, 0, df)
+        assert flat.tolist() == [-1, 3, 0, 2, 1, -1] and df.tolist() == [6, 1, 1, 2]
+    with pytest.raises(TypeError):  # int64 keys where the pool holds int32
+        kernel.seq_of([0], codes, flat.astype(np.int64), 0, df)
+
+
 def test_rank_orders_keys_like_a_stable_sort() -> None:
     rng = np.random.default_rng(3)
     for dtype in (np.int32, np.int64):

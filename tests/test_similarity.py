@@ -348,17 +348,19 @@ def test_the_common_keys_bitsets_follow_the_postings_as_the_pool_grows(kernel: s
 
 
 def _indexing_state(idx: RougeLIndex) -> tuple[object, ...]:
-    """What _index writes: the postings' tails, the decision index's runs and masks."""
+    """What _store_one and _index write: the keys, their counts and sequences, the postings'
+    tails, the decision index's runs and masks."""
     pre = idx._pre
     runs = [] if pre is None else [tuple(np.asarray(a).tolist() for a in run) for run in pre.runs]
     small = [] if pre is None else [bytes(b) for b in pre.small]
-    return ({k: bytes(v) for k, v in idx._full.tail.items()}, idx._full.data.tolist(), runs, small,
+    return (idx._keys.a[: idx._keys.n].tolist(), idx._df.a[: idx._n_keys].tolist(), idx._seqs,
+            {k: bytes(v) for k, v in idx._full.tail.items()}, idx._full.data.tolist(), runs, small,
             idx._cm[: idx._n].tolist(), idx._ncommon.a[: idx._ncommon.n].tolist())  # fmt: skip
 
 
-def test_the_native_kernel_indexes_a_text_as_python_does(kernel: str) -> None:
-    """index_text() writes the tails, the prefix entries and the common-key masks that the
-    Python lines write: both are run on the same texts, and the state compared after every add
+def test_the_native_kernel_stores_and_indexes_a_text_as_python_does(kernel: str) -> None:
+    """seq_of() and index_text() write the keys, their counts, the tails, the prefix entries and
+    the common-key masks that the Python lines write: both are run on the same texts, and the state compared after every add
     (tiny budgets: snapshots, merges and small-run flushes every few texts, 3 common keys, the
     length cap at 6; repeated tokens, empty texts and new keys after a snapshot)."""
     if kernel != "native":
