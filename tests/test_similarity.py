@@ -347,38 +347,6 @@ def test_the_common_keys_bitsets_follow_the_postings_as_the_pool_grows(kernel: s
     assert seen == {"early": {True, False}, "late": {False, True}}
 
 
-def _indexing_state(idx: RougeLIndex) -> tuple[object, ...]:
-    """What _store_one and _index write: the keys, their counts and sequences, the postings'
-    tails, the decision index's runs and masks."""
-    pre = idx._pre
-    runs = [] if pre is None else [tuple(np.asarray(a).tolist() for a in run) for run in pre.runs]
-    small = [] if pre is None else [bytes(b) for b in pre.small]
-    return (idx._keys.a[: idx._keys.n].tolist(), idx._df.a[: idx._n_keys].tolist(), idx._seqs,
-            {k: bytes(v) for k, v in idx._full.tail.items()}, idx._full.data.tolist(), runs, small,
-            idx._cm[: idx._n].tolist(), idx._ncommon.a[: idx._ncommon.n].tolist())  # fmt: skip
-
-
-def test_the_native_kernel_stores_and_indexes_a_text_as_python_does(kernel: str) -> None:
-    """seq_of() and index_text() write the keys, their counts, the tails, the prefix entries and
-    the common-key masks that the Python lines write: both are run on the same texts, and the state compared after every add
-    (tiny budgets: snapshots, merges and small-run flushes every few texts, 3 common keys, the
-    length cap at 6; repeated tokens, empty texts and new keys after a snapshot)."""
-    if kernel != "native":
-        pytest.skip("compares the native kernel with the Python lines")
-    rng = random.Random(11)
-    pool = [" ".join(rng.choice(WORDS) for _ in range(rng.choice((0, 1, 3, 7, 12, 40)))) for _ in range(400)]
-    pool += [f"new{i} " * (i % 3 + 1) + "the cat" for i in range(60)]  # keys made after the last snapshot
-    with tiny_budgets():
-        native, plain = RougeLIndex(), RougeLIndex()
-        plain._native = None
-        for idx in (native, plain):
-            idx.prepare(0.7)
-            idx.extend(pool[:20])
-        for i, text in enumerate(pool[20:], start=20):
-            assert native.add(text) == plain.add(text) == i
-            assert _indexing_state(native) == _indexing_state(plain), f"after text {i}"
-
-
 # -- unicode tokenizer -----------------------------------------------------------------------
 
 
