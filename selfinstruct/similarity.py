@@ -128,9 +128,9 @@ The native kernel (``selfinstruct/_overlap.c``)
 Memory
     The texts are one UTF-8 ``bytearray`` with offsets, the token keys one int32 array, full
     postings CSR arrays (``indptr``/``data``) plus a tail (a bytearray of int32) per key for the
-    texts added since the last merge (merged with ``np.insert`` once it holds 1/256 of the
-    postings: every lookup of a key copies its tail), the decision index three sorted numpy
-    runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
+    texts added since the last merge (merged with ``np.insert`` once it holds 1/64 of the
+    postings; 1/256 without the kernel, where every lookup of a key copies its tail), the
+    decision index three sorted numpy runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
     text remains: its tokens as a short str, one character each, which rapidfuzz compares
     directly (about 180 MB at 1M instructions; rebuilding them from the key array for each
     verification made every LCS 2-3x slower, and nearest() on plain prose slower than before
@@ -205,9 +205,12 @@ _FIRST_CHUNK = 64
 _SCORE_IN_PYTHON = 64
 # extend() stores texts in batches of this many before indexing them (bounds temporaries).
 _EXTEND_BATCH = 20_000
-# A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/256 of them): each
-# lookup of a key concatenates its tail, which cost more than merging often (measured end to end).
+# A postings tail is merged into the CSR arrays once it holds max(_TAIL_MIN, 1/_TAIL_SHARE of them).
+# Without the kernel each lookup of a key concatenates its tail, which cost more than merging often
+# (1/256, measured end to end). The kernel reads tails in place: there 1/64 took 4-6 % off judging
+# random words at 100k, and made no difference for instruction text at 52k and 1M.
 _TAIL_MIN = 1 << 12
+_TAIL_SHARE = 64 if _native_overlap is not None else 256
 # A key gets a bitset of the texts holding it once it holds more than 1/_BITSET_SHARE of them
 # (from there the bitset is smaller than its postings) and loses it below 1/(2 * _BITSET_SHARE).
 # The nearest's last step asks "does text i hold this common key?" of a few survivors: a bit
@@ -506,7 +509,7 @@ class _Postings:
         self.tail_n += len(keys)
 
     def wants_merge(self) -> bool:
-        return self.tail_n > max(_TAIL_MIN, len(self.data) >> 8)
+        return self.tail_n > max(_TAIL_MIN, len(self.data) // _TAIL_SHARE)
 
     def merge(self, n_keys: int, n_docs: int, lens: np.ndarray) -> None:
         """Move the tails into the CSR arrays; ``n_docs``: the texts added so far, ``lens`` their lengths."""
