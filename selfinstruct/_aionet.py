@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -69,6 +70,20 @@ class _Protocol(asyncio.Protocol):
         _wake(self.writer)
 
 
+async def within(awaitable: Any, seconds: float | None) -> Any:
+    """Await with a deadline (None: none); TimeoutError when it passes.
+
+    Not ``asyncio.wait_for`` on 3.11: when the task is cancelled in the same step as the awaited
+    thing finishes, wait_for returns its result and the cancellation is lost (fixed in 3.12).
+    A Ctrl-C that landed there left a run going with its stop ignored. ``asyncio.timeout`` lets
+    the cancellation through, and costs no task per call.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
+
+
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
@@ -91,7 +106,7 @@ class _Stream:
             if timeout is None:
                 await waiter
             else:
-                await asyncio.wait_for(waiter, timeout)
+                await within(waiter, timeout)
         except asyncio.TimeoutError as exc:
             raise timeout_error(f"no progress in {timeout} s") from exc
         finally:
@@ -157,7 +172,7 @@ class AsyncioBackend:
     async def _connect(self, opening: Any, timeout: float | None, socket_options: Iterable[Any] | None) -> _Stream:
         core = self.core
         try:
-            transport, protocol = await asyncio.wait_for(opening, timeout)
+            transport, protocol = await within(opening, timeout)
         except asyncio.TimeoutError as exc:
             raise core.ConnectTimeout(f"no connection in {timeout} s") from exc
         except OSError as exc:

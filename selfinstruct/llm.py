@@ -645,16 +645,6 @@ class _Sender:
             await shard.aclose()
 
 
-async def _within(awaitable: Any, seconds: float) -> Any:
-    """Await with a whole-call deadline; TimeoutError when it passes."""
-    if sys.version_info >= (3, 11):
-        # asyncio.timeout cancels the current task; wait_for (3.10) wraps every call in a new
-        # task, which measured twice the client CPU per request at 512 requests in flight.
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
-
-
 # -- failures -------------------------------------------------------------------------------
 
 
@@ -1000,7 +990,7 @@ class EndpointPool:
                 resting = [e.rested_until for e in self._endpoints if e.rested_until > now]
                 timeout = max(0.0, min(resting) - now) if resting else None
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+                    await _aionet.within(self._changed.wait(), timeout)  # not wait_for: see within
                 except asyncio.TimeoutError:
                     pass
 
@@ -1159,7 +1149,7 @@ class EndpointPool:
                 ):
                     with attempt:
                         try:
-                            data = await _within(endpoint.client.get("/models", cast_to=object), deadline)
+                            data = await _aionet.within(endpoint.client.get("/models", cast_to=object), deadline)
                         except Exception as exc:  # noqa: BLE001 - sorted out by _classify
                             failure = self._classify(exc, endpoint)
                             if not (failure.kind == "connection" or _is_transient(failure)):
@@ -1262,7 +1252,7 @@ class EndpointPool:
         # wrappers; _Sender keeps the SDK's httpx transport, headers and error classes without
         # that. A whole-request deadline: the timeout of httpx is per read, so a server
         # trickling one byte at a time would never trip it.
-        data: Any = await _within(endpoint.sender.post(path, json.dumps(body).encode()), self.request_timeout)
+        data: Any = await _aionet.within(endpoint.sender.post(path, json.dumps(body).encode()), self.request_timeout)
         return _read_answer(data, request.api)
 
     async def _attempt(self, request: GenerationRequest, attempt_number: int) -> Completion:

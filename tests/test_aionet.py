@@ -198,6 +198,50 @@ def test_a_silent_server_is_a_read_timeout() -> None:
     with_server(handler, body)
 
 
+def test_a_cancel_that_comes_with_the_data_still_cancels_the_read() -> None:
+    """Bytes arrive in the same loop step as the reading task's cancel (a Ctrl-C while answers
+    stream in): the cancel must win. On 3.11, asyncio.wait_for returned the data there and the
+    cancel was lost, which left a run going with its stop ignored."""
+    net = backend()
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+
+    async def body(port: int) -> None:
+        stream = await net.connect_tcp("127.0.0.1", port, timeout=5)
+        try:
+            for timeout in (5.0, None):
+                reading = asyncio.ensure_future(stream.read(100, timeout=timeout))
+                await asyncio.sleep(0)  # now waiting for bytes
+                stream._protocol.data_received(b"late")  # what the loop calls when they come
+                reading.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await reading
+                assert await stream.read(100) == b"late"  # nothing lost: the next read gets them
+        finally:
+            release.set()
+            await stream.aclose()
+
+    with_server(handler, body)
+
+
+def test_within_lets_a_cancel_through_when_the_awaited_thing_finishes_in_the_same_step() -> None:
+    async def body() -> None:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(_aionet.within(done, 5))
+        await asyncio.sleep(0)
+        done.set_result(1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with pytest.raises(TimeoutError):
+            await _aionet.within(asyncio.sleep(1), 0.01)
+        assert await _aionet.within(asyncio.sleep(0, "x"), None) == "x"
+
+    asyncio.run(body())
+
+
 def test_a_large_write_waits_for_the_reader_and_arrives_whole() -> None:
     net = backend()
     size = 32 << 20  # beyond any socket buffer: the transport must pause and resume writing

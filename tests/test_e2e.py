@@ -123,10 +123,15 @@ def test_sigkill_and_resume_against_the_real_server(tmp_path: Path) -> None:
 def test_server_is_stopped_on_interrupt(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
     proc = spawn("generate", "-o", str(out), "-n", "500", "--seed", "3", *FAST)
-    wait_for(lambda: server_pids(out) or proc.poll() is not None, "the embedded server to start")
-    wait_for(lambda: (out / "run.json").exists() or proc.poll() is not None, "the run to begin")
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        wait_for(lambda: server_pids(out) or proc.poll() is not None, "the embedded server to start")
+        wait_for(lambda: (out / "run.json").exists() or proc.poll() is not None, "the run to begin")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:  # a run that ignored the signal must not go on through the tests after this one
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 128 + sig, stderr
     assert "Resume with the same command" in stderr
     assert server_pids(out) == set()
