@@ -2014,15 +2014,12 @@ done:
     return result;
 }
 
-/* Appends n items of size bytes (at src) to a bytearray; -1 with an exception set otherwise.
+/* Grows a bytearray by size bytes and returns where they start; NULL with an exception set.
  * PyByteArray_Resize over-allocates as it grows: appends are amortised O(1). */
-static int bytearray_append(PyObject *ba, const void *src, Py_ssize_t size)
+static char *bytearray_grow(PyObject *ba, Py_ssize_t size)
 {
     Py_ssize_t at = PyByteArray_GET_SIZE(ba);
-    if (PyByteArray_Resize(ba, at + size) < 0)
-        return -1;
-    memcpy(PyByteArray_AS_STRING(ba) + at, src, (size_t)size);
-    return 0;
+    return PyByteArray_Resize(ba, at + size) < 0 ? NULL : PyByteArray_AS_STRING(ba) + at;
 }
 
 #define INDEX_SMALL 256
@@ -2039,8 +2036,8 @@ static int bytearray_append(PyObject *ba, const void *src, Py_ssize_t size)
  *   first keys in (ord, key) order: comp = key << 28 | min(m, m_cap) << 18 | min(j, 255) << 10 |
  *   min(rest, 1023) for the j-th, top = the mask's bits from c64 - c0 on, shifted down (the 64
  *   most frequent keys), rest = the common keys not among those.
- * Returns the number of common keys (0 without ord). Python's version: _Postings.append and
- * the rest of _index. */
+ * Returns the number of common keys (0 without ord). A bad ord, alpha, cm, small or key leaves
+ * the tails as they were. Python's version: _Postings.append and the rest of _index. */
 static PyObject *index_text(PyObject *self, PyObject *args)
 {
     PyObject *keys_obj, *tails, *ord_obj = Py_None, *alpha_obj = Py_None, *cm_obj = Py_None, *small_obj = Py_None;
@@ -2054,25 +2051,6 @@ static PyObject *index_text(PyObject *self, PyObject *args)
     }
     const int32_t doc = (int32_t)doc_ll;
     const Py_ssize_t m = PyList_GET_SIZE(keys_obj);
-    for (Py_ssize_t i = 0; i < m; i++) {
-        PyObject *key = PyList_GET_ITEM(keys_obj, i), *tail = PyDict_GetItemWithError(tails, key);
-        if (tail == NULL) {
-            if (PyErr_Occurred() || (tail = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
-                return NULL;
-            int failed = PyDict_SetItem(tails, key, tail);
-            Py_DECREF(tail); /* the dict holds it */
-            if (failed < 0)
-                return NULL;
-        } else if (!PyByteArray_Check(tail)) {
-            PyErr_SetString(PyExc_TypeError, "index_text: tails must hold bytearrays");
-            return NULL;
-        }
-        if (bytearray_append(tail, &doc, 4) < 0)
-            return NULL;
-    }
-    if (ord_obj == Py_None)
-        return PyLong_FromLong(0);
-
     PyObject *result = NULL, *small = NULL;
     Py_buffer views[3];
     int have = 0;
@@ -2081,42 +2059,71 @@ static PyObject *index_text(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         return NULL;
     }
-    const Wanted wanted[3] = {{ord_obj, 0, 8, "ord"}, {alpha_obj, 0, 8, "alpha"}, {cm_obj, 1, 8, "cm"}};
-    if ((have = take_buffers(wanted, 3, views)) < 3)
-        goto done;
-    small = PySequence_Fast(small_obj, "index_text: small must be a (comp, top, doc) triple");
-    if (small == NULL)
-        goto done;
-    if (PySequence_Fast_GET_SIZE(small) != 3 || !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 0)) ||
-        !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 1)) || !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 2))) {
-        PyErr_SetString(PyExc_TypeError, "index_text: small must be three bytearrays");
-        goto done;
-    }
-    const int64_t *ord = views[0].buf, *alpha = views[1].buf;
-    const Py_ssize_t n_ord = views[0].len / 8, n_alpha = views[1].len / 8;
-    if (m >= n_alpha || (Py_ssize_t)doc >= views[2].len / 32 || c64 < c0 || c64 - c0 > 192 || m_cap < 0 ||
-        m_cap > 1023) {
-        PyErr_SetString(PyExc_ValueError,
-                        "index_text: need m < len(alpha), doc < rows of cm, 0 <= c64 - c0 <= 192, 0 <= m_cap <= 1023");
-        goto done;
-    }
+    /* With the decision index: every argument checked and the masks made before anything is written. */
+    const int indexed = ord_obj != Py_None;
+    const int64_t *alpha = NULL;
     uint64_t mask[4] = {0, 0, 0, 0}, top = 0;
-    const int64_t top_bit = c64 - c0;
-    for (Py_ssize_t i = 0; i < m; i++) {
-        long long key = PyLong_AsLongLong(PyList_GET_ITEM(keys_obj, i));
-        if (key == -1 && PyErr_Occurred())
+    if (indexed) {
+        const Wanted wanted[3] = {{ord_obj, 0, 8, "ord"}, {alpha_obj, 0, 8, "alpha"}, {cm_obj, 1, 8, "cm"}};
+        if ((have = take_buffers(wanted, 3, views)) < 3)
             goto done;
-        if (key < 0 || key >= n_ord || key > INT32_MAX) {
-            PyErr_SetString(PyExc_IndexError, "index_text: key outside ord");
+        small = PySequence_Fast(small_obj, "index_text: small must be a (comp, top, doc) triple");
+        if (small == NULL)
+            goto done;
+        if (PySequence_Fast_GET_SIZE(small) != 3 || !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 0)) ||
+            !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 1)) ||
+            !PyByteArray_Check(PySequence_Fast_GET_ITEM(small, 2))) {
+            PyErr_SetString(PyExc_TypeError, "index_text: small must be three bytearrays");
             goto done;
         }
-        const int64_t o = ord[key], b = o - c0;
-        placed[i] = (int64_t)(((uint64_t)o << 32) | (uint64_t)key);
-        if (o >= c0 && b < 256) {
-            mask[b >> 6] |= (uint64_t)1 << (b & 63);
-            if (b >= top_bit)
-                top |= (uint64_t)1 << (b - top_bit);
+        const int64_t *ord = views[0].buf;
+        alpha = views[1].buf;
+        const Py_ssize_t n_ord = views[0].len / 8, n_alpha = views[1].len / 8;
+        if (m >= n_alpha || (Py_ssize_t)doc >= views[2].len / 32 || c64 < c0 || c64 - c0 > 192 || m_cap < 0 ||
+            m_cap > 1023) {
+            PyErr_SetString(PyExc_ValueError,
+                            "index_text: need m < len(alpha), doc < rows of cm, 0 <= c64 - c0 <= 192, 0 <= m_cap <= 1023");
+            goto done;
         }
+        const int64_t top_bit = c64 - c0;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            long long key = PyLong_AsLongLong(PyList_GET_ITEM(keys_obj, i));
+            if (key == -1 && PyErr_Occurred())
+                goto done;
+            if (key < 0 || key >= n_ord || key > INT32_MAX) {
+                PyErr_SetString(PyExc_IndexError, "index_text: key outside ord");
+                goto done;
+            }
+            const int64_t o = ord[key], b = o - c0;
+            placed[i] = (int64_t)(((uint64_t)o << 32) | (uint64_t)key);
+            if (o >= c0 && b < 256) {
+                mask[b >> 6] |= (uint64_t)1 << (b & 63);
+                if (b >= top_bit)
+                    top |= (uint64_t)1 << (b - top_bit);
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < m; i++) { /* the tails */
+        PyObject *key = PyList_GET_ITEM(keys_obj, i), *tail = PyDict_GetItemWithError(tails, key);
+        if (tail == NULL) {
+            if (PyErr_Occurred() || (tail = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
+                goto done;
+            int failed = PyDict_SetItem(tails, key, tail);
+            Py_DECREF(tail); /* the dict holds it */
+            if (failed < 0)
+                goto done;
+        } else if (!PyByteArray_Check(tail)) {
+            PyErr_SetString(PyExc_TypeError, "index_text: tails must hold bytearrays");
+            goto done;
+        }
+        char *at = bytearray_grow(tail, 4);
+        if (at == NULL)
+            goto done;
+        memcpy(at, &doc, 4);
+    }
+    if (!indexed) {
+        result = PyLong_FromLong(0);
+        goto done;
     }
     uint64_t *row = (uint64_t *)views[2].buf + 4 * (Py_ssize_t)doc;
     int n_common = 0;
@@ -2130,16 +2137,11 @@ static PyObject *index_text(PyObject *self, PyObject *args)
         const int64_t low = ((int64_t)(m < m_cap ? m : m_cap) << 18) | (rest < 1023 ? rest : 1023);
         qsort(placed, (size_t)m, sizeof(int64_t), compare_int64); /* rarest first */
         const Py_ssize_t n_entries = plen < m ? (Py_ssize_t)plen : m;
-        PyObject *comp = PySequence_Fast_GET_ITEM(small, 0), *tops = PySequence_Fast_GET_ITEM(small, 1),
-                 *docs = PySequence_Fast_GET_ITEM(small, 2);
-        const Py_ssize_t at_comp = PyByteArray_GET_SIZE(comp), at_top = PyByteArray_GET_SIZE(tops),
-                         at_doc = PyByteArray_GET_SIZE(docs);
-        if (PyByteArray_Resize(comp, at_comp + 8 * n_entries) < 0 || PyByteArray_Resize(tops, at_top + 8 * n_entries) < 0 ||
-            PyByteArray_Resize(docs, at_doc + 4 * n_entries) < 0)
+        int64_t *c = (int64_t *)bytearray_grow(PySequence_Fast_GET_ITEM(small, 0), 8 * n_entries);
+        uint64_t *t = c ? (uint64_t *)bytearray_grow(PySequence_Fast_GET_ITEM(small, 1), 8 * n_entries) : NULL;
+        int32_t *d = t ? (int32_t *)bytearray_grow(PySequence_Fast_GET_ITEM(small, 2), 4 * n_entries) : NULL;
+        if (d == NULL)
             goto done;
-        int64_t *c = (int64_t *)(PyByteArray_AS_STRING(comp) + at_comp);
-        uint64_t *t = (uint64_t *)(PyByteArray_AS_STRING(tops) + at_top);
-        int32_t *d = (int32_t *)(PyByteArray_AS_STRING(docs) + at_doc);
         for (Py_ssize_t j = 0; j < n_entries; j++) {
             c[j] = ((placed[j] & 0xFFFFFFFF) << 28) | ((int64_t)(j < 255 ? j : 255) << 10) | low;
             t[j] = top;

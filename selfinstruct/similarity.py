@@ -130,8 +130,8 @@ Memory
     postings CSR arrays (``indptr``/``data``) plus a tail (a bytearray of int32) per key for the
     texts added since the last merge (merged with ``np.insert`` once it holds 1/64 of the
     postings; 1/256 without the kernel, where every lookup of a key copies its tail), the
-    decision index three sorted numpy runs plus a small unsorted one, the masks one uint64 row per text. One Python object per
-    text remains: its tokens as a short str, one character each, which rapidfuzz compares
+    decision index three sorted numpy runs plus a small unsorted one, the masks one uint64 row
+    per text. One Python object per text remains: its tokens as a short str, one character each, which rapidfuzz compares
     directly (about 180 MB at 1M instructions; rebuilding them from the key array for each
     verification made every LCS 2-3x slower, and nearest() on plain prose slower than before
     the decision index existed).
@@ -1014,26 +1014,23 @@ class RougeLIndex:
 
     def _index(self, doc: int, keys: list[int]) -> None:
         """Add one stored text to the postings (tails) and, once built, the decision index."""
-        pre = self._pre
-        native = self._native
-        if pre is None:
-            if native is None:
-                self._full.append(keys, doc)
-            else:
+        pre, native = self._pre, self._native
+        if pre is not None and doc >= len(self._cm):
+            grow = np.zeros((len(self._cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
+            self._cm = np.concatenate((self._cm, grow))
+        if native is not None:  # the lines below in one call
+            if pre is None:
                 native.index_text(keys, doc, self._full.tail)
-                self._full.tail_n += len(keys)
-            return
-        cm = self._cm
-        if doc >= len(cm):
-            grow = np.zeros((len(cm) // 4 + 16, _COMMON_WORDS), dtype=np.uint64)
-            self._cm = cm = np.concatenate((cm, grow))
-        if native is not None:
-            self._ncommon.append(native.index_text(keys, doc, self._full.tail, self._ord.a, self._c0, self._c64,
-                                                   self._alpha, cm, pre.small, _M_CAP))  # fmt: skip
+            else:
+                self._ncommon.append(native.index_text(keys, doc, self._full.tail, self._ord.a, self._c0, self._c64,
+                                                       self._alpha, self._cm, pre.small, _M_CAP))  # fmt: skip
+                pre.after_add()
             self._full.tail_n += len(keys)
-            pre.after_add()
             return
         self._full.append(keys, doc)
+        if pre is None:
+            return
+        cm = self._cm
         m = len(keys)
         if not m:
             self._ncommon.append(0)

@@ -744,14 +744,17 @@ def test_native_index_text_refuses_bad_arguments() -> None:
     assert np.frombuffer(small[2], np.int32).tolist() == [1, 1]
     with pytest.raises(TypeError):  # a tail that the kernel cannot append to in place
         kernel.index_text([0], 2, {0: array("i", [1])})
+    # Each refused call leaves the tails, masks and small run as they were.
+    before = ({k: bytes(v) for k, v in tails.items()}, cm.tolist(), [bytes(b) for b in small])
     with pytest.raises(IndexError):  # a key the order does not know
-        kernel.index_text([4], 1, {}, ord_, 3, 4, alpha, cm, small, 1023)
+        kernel.index_text([0, 4], 1, tails, ord_, 3, 4, alpha, cm, small, 1023)
     with pytest.raises(ValueError):  # a text longer than the alpha table
-        kernel.index_text([0, 1, 2, 3], 1, {}, ord_, 3, 4, alpha, cm, small, 1023)
+        kernel.index_text([0, 1, 2, 3], 1, tails, ord_, 3, 4, alpha, cm, small, 1023)
     with pytest.raises(ValueError):  # a row past the masks
-        kernel.index_text([0], 2, {}, ord_, 3, 4, alpha, cm, small, 1023)
+        kernel.index_text([0], 2, tails, ord_, 3, 4, alpha, cm, small, 1023)
     with pytest.raises(TypeError):
-        kernel.index_text([0], 1, {}, ord_, 3, 4, alpha, cm, (array("q"), bytearray(), bytearray()), 1023)
+        kernel.index_text([0], 1, tails, ord_, 3, 4, alpha, cm, (array("q"), bytearray(), bytearray()), 1023)
+    assert ({k: bytes(v) for k, v in tails.items()}, cm.tolist(), [bytes(b) for b in small]) == before
     with pytest.raises(ValueError):
         kernel.index_text([0], -1, {})
 
